@@ -1,0 +1,100 @@
+"""The one settings object, read from environment variables (names from the original system) and ``.env``.
+
+``load_settings()`` validates every value once; a bad value raises ``ConfigError`` naming the variable. Each field
+is documented in the README's settings table (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from learnpulse.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite:///learnpulse.db"
+
+
+class Settings(BaseSettings):
+    """Every setting learnpulse reads. Field name = environment variable name, lower-cased."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True, case_sensitive=False
+    )
+
+    # --- core -------------------------------------------------------------------------------------------------
+    database_url: str = Field(DEFAULT_DATABASE_URL, min_length=1)
+    learnpulse_timezone: str = "Asia/Seoul"
+    learnpulse_lock_wait_seconds: float = Field(0.0, ge=0)
+    dask_scheduler_address: str | None = None
+
+    # --- fit-bayesian-growth ----------------------------------------------------------------------------------
+    lookback_weeks: int = Field(12, ge=2, le=520)
+    brms_iter: int = Field(1000, ge=20)
+    brms_chains: int = Field(2, ge=1, le=64)
+    brms_family: Literal["gaussian", "binomial"] = "gaussian"
+    metrics_use_bayesian: bool = False
+
+    # --- forecast-prophet -------------------------------------------------------------------------------------
+    prophet_lookback_weeks: int = Field(12, ge=3, le=520)
+    prophet_forecast_weeks: int = Field(4, ge=1, le=104)
+    prophet_anomaly_threshold: float = Field(2.5, gt=0)
+
+    # --- fit-survival-churn -----------------------------------------------------------------------------------
+    survival_lookback_days: int = Field(90, ge=14)
+    survival_event_threshold_days: int = Field(14, ge=1)
+    survival_update_kpi: bool = True
+
+    # --- cluster-segments -------------------------------------------------------------------------------------
+    cluster_lookback_weeks: int = Field(12, ge=1, le=520)
+    cluster_n_clusters: int | None = Field(None, ge=2, le=50)
+    cluster_method: Literal["kmeans", "gmm"] = "kmeans"
+
+    @field_validator("cluster_n_clusters", "dask_scheduler_address", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        # The original CronJobs set CLUSTER_N_CLUSTERS="" to mean "choose automatically".
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("learnpulse_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str) -> str:
+        value = value.strip()
+        if value.startswith(("postgres://", "postgresql://")):
+            # psycopg 3 is the driver we ship; plain URLs from secret stores should just work.
+            value = "postgresql+psycopg://" + value.split("://", 1)[1]
+        if not value.startswith(("sqlite://", "postgresql+psycopg://")):
+            raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        return value
+
+    @cached_property
+    def timezone(self) -> ZoneInfo:
+        return ZoneInfo(self.learnpulse_timezone)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings; ``overrides`` (field names) win over the environment."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        variable = str(first["loc"][0]).upper() if first["loc"] else "?"
+        problems = [
+            {"variable": str(e["loc"][0]).upper() if e["loc"] else "?", "problem": e["msg"]}
+            for e in exc.errors()
+        ]
+        raise ConfigError(
+            f"invalid setting {variable}: {first['msg']}", {"variable": variable, "problems": problems}
+        ) from None

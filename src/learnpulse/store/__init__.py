@@ -1,0 +1,1 @@
+"""The store: table definitions, migrations and every function that reads or writes SQL."""

@@ -1,0 +1,111 @@
+"""Fast bulk writes of DataFrames: ``executemany`` on SQLite, ``COPY ... FROM STDIN`` on PostgreSQL.
+
+Frames use these dtypes: integer ids ``int64``; booleans ``bool``; instants ``datetime64[us, UTC]``; dates
+``datetime64`` at midnight or ``datetime.date`` objects; floats ``float64`` with NaN meaning NULL. Columns are
+converted according to the target table's column types, so every table can be loaded the same way.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from sqlalchemy import Boolean, Connection, Date, Table, text
+
+from learnpulse.store.db import is_sqlite
+from learnpulse.store.types import UTCTimestamp
+
+CHUNK_ROWS = 250_000
+Progress = Callable[[int], None]
+
+
+def insert_frame(
+    conn: Connection,
+    table: Table | str,
+    frame: pd.DataFrame,
+    *,
+    columns: Sequence[str] | None = None,
+    target: Table | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """Append ``frame`` to ``table`` (a Table, or the name of a temp table shaped like ``target``).
+
+    Returns the number of rows written. No conflict handling: callers stage and merge when they need it.
+    """
+    shape = target if target is not None else table
+    assert isinstance(shape, Table)
+    name = table.name if isinstance(table, Table) else table
+    cols = list(columns if columns is not None else frame.columns)
+    for start in range(0, len(frame), CHUNK_ROWS):
+        chunk = frame.iloc[start : start + CHUNK_ROWS]
+        if is_sqlite(conn):
+            _sqlite_insert(conn, name, shape, chunk, cols)
+        else:
+            _postgres_copy(conn, name, shape, chunk, cols)
+        if progress is not None:
+            progress(len(chunk))
+    return len(frame)
+
+
+def _sqlite_column(shape: Table, name: str, values: pd.Series) -> list[Any]:
+    coltype = shape.c[name].type
+    if isinstance(coltype, UTCTimestamp):
+        nulls = values.isna().to_numpy()
+        us = values.fillna(pd.Timestamp(0, tz="UTC")).dt.as_unit("us").astype(np.int64)
+        return _with_nulls(us.tolist(), nulls)
+    if isinstance(coltype, Date):
+        return [None if pd.isna(v) else pd.Timestamp(v).date().isoformat() for v in values]
+    if isinstance(coltype, Boolean):
+        return values.astype(np.int8).tolist()  # type: ignore[no-any-return]
+    if values.dtype.kind == "f":
+        return _with_nulls(values.tolist(), values.isna().to_numpy())
+    return values.tolist()  # type: ignore[no-any-return]
+
+
+def _with_nulls(items: list[Any], nulls: np.ndarray) -> list[Any]:
+    if nulls.any():
+        for i in np.flatnonzero(nulls):
+            items[i] = None
+    return items
+
+
+def _sqlite_insert(conn: Connection, name: str, shape: Table, chunk: pd.DataFrame, cols: list[str]) -> None:
+    data = [_sqlite_column(shape, c, chunk[c]) for c in cols]
+    sql = f"INSERT INTO {name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    raw.executemany(sql, zip(*data, strict=True))
+
+
+def _postgres_copy(conn: Connection, name: str, shape: Table, chunk: pd.DataFrame, cols: list[str]) -> None:
+    arrays = []
+    for c in cols:
+        coltype = shape.c[c].type
+        values = chunk[c]
+        if isinstance(coltype, Date):
+            arrays.append(pa.array(pd.to_datetime(values).dt.date, type=pa.date32()))
+        elif isinstance(coltype, UTCTimestamp):
+            arrays.append(pa.array(values.astype("datetime64[us, UTC]"), type=pa.timestamp("us", tz="UTC")))
+        else:
+            arrays.append(pa.array(values, from_pandas=True))
+    buf = io.BytesIO()
+    pacsv.write_csv(
+        pa.table(arrays, names=cols),
+        buf,
+        write_options=pacsv.WriteOptions(include_header=False, quoting_style="needed"),
+    )
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur, cur.copy(f"COPY {name} ({', '.join(cols)}) FROM STDIN (FORMAT csv)") as copy:
+        copy.write(buf.getbuffer())
+
+
+def read_frame(conn: Connection, sql: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Run a query and return its rows as a DataFrame (column names from the cursor)."""
+    result = conn.execute(text(sql), params or {})
+    return pd.DataFrame(result.fetchall(), columns=list(result.keys()))

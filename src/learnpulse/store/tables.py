@@ -1,0 +1,204 @@
+"""SQLAlchemy table definitions: the data model of DESIGN.md.
+
+Names from the original system are kept (``attempt``, ``features_topic_daily``, ``weekly_kpi``, ...). Model
+columns are spelled in lower case in SQL (kinder to PostgreSQL): ``I_t`` -> ``i_t``, ``P`` -> ``p``,
+``sigma`` (σ) -> ``sigma``, ``S`` -> ``s``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Date,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from learnpulse.store.types import UTCTimestamp
+
+# On SQLite only INTEGER PRIMARY KEY aliases the rowid, which keeps bulk loads fast and tables small.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# --- source data ---------------------------------------------------------------------------------------------
+
+ingest_batch = Table(
+    "ingest_batch",
+    metadata,
+    Column("batch_id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),  # attempts | goals | generate
+    Column("source", Text, nullable=False),  # file path or "generate --seed ..."
+    Column("sha256", String(64), nullable=True),
+    Column("rows_in", BigInteger, nullable=False),
+    Column("rows_added", BigInteger, nullable=False),
+    Column("loaded_at", UTCTimestamp, nullable=False),
+)
+
+attempt = Table(
+    "attempt",
+    metadata,
+    Column("attempt_id", BigId, primary_key=True, autoincrement=False),
+    Column("user_id", BigInteger, nullable=False),
+    Column("item_id", BigInteger, nullable=False),
+    Column("topic_id", BigInteger, nullable=False),
+    Column("is_correct", Boolean, nullable=False),
+    Column("answered_at", UTCTimestamp, nullable=False),
+    Column("time_spent_s", Float, nullable=True),
+    # Which load brought the row: build-kpi recomputes only what batches newer than its watermark touch.
+    Column("batch_id", Integer, nullable=False),
+    Index(None, "user_id", "answered_at"),
+    Index(None, "batch_id"),
+)
+
+user_goal = Table(
+    "user_goal",
+    metadata,
+    Column("user_id", BigId, primary_key=True, autoincrement=False),
+    Column(
+        "target", Float, CheckConstraint("target >= 0 AND target <= 1", name="target_range"), nullable=False
+    ),
+    Column("deadline", Date, nullable=False),
+    Column("batch_id", Integer, nullable=False),
+)
+
+# --- derived by build-kpi ------------------------------------------------------------------------------------
+
+features_topic_daily = Table(
+    "features_topic_daily",
+    metadata,
+    Column("user_id", BigInteger, primary_key=True),
+    Column("topic_id", BigInteger, primary_key=True),
+    Column("day", Date, primary_key=True),  # local calendar day in LEARNPULSE_TIMEZONE
+    Column("attempts", Integer, nullable=False),
+    Column("correct", Integer, nullable=False),
+    Column("accuracy", Float, nullable=False),  # correct / attempts
+    Column("time_spent_s", Float, nullable=False),  # sum over attempts with a recorded time
+    Column("timed_attempts", Integer, nullable=False),  # attempts with a recorded time
+)
+
+weekly_kpi = Table(
+    "weekly_kpi",
+    metadata,
+    Column("user_id", BigInteger, primary_key=True),
+    Column("week_start", Date, primary_key=True),  # local Monday
+    # activity columns (build-kpi)
+    Column("attempts", Integer, nullable=False),
+    Column("correct", Integer, nullable=False),
+    Column("accuracy", Float, nullable=False),
+    Column("active_days", Integer, nullable=False),
+    Column("study_minutes", Float, nullable=False),
+    Column("topics", Integer, nullable=False),  # distinct topics practised
+    # model columns (each written by its own job, never by build-kpi except the I_t placeholder)
+    Column("i_t", Float, nullable=True),  # I_t, learning index 0-100
+    Column("i_t_source", String(16), nullable=True),  # "accuracy" (placeholder) or "irt"
+    Column("p", Float, nullable=True),  # P, goal-attainment probability
+    Column("sigma", Float, nullable=True),  # sigma, posterior SD of expected accuracy at the deadline
+    Column("s", Float, nullable=True),  # S, churn risk
+    Column("kpi_run_id", Integer, nullable=True),  # job_run that last wrote the activity columns
+)
+
+# --- operations ----------------------------------------------------------------------------------------------
+
+job_run = Table(
+    "job_run",
+    metadata,
+    Column("run_id", Integer, primary_key=True, autoincrement=True),
+    Column("job", String(64), nullable=False),
+    Column("parameters", JSON, nullable=False),
+    Column("as_of", Date, nullable=True),
+    Column("started_at", UTCTimestamp, nullable=False),
+    Column("finished_at", UTCTimestamp, nullable=True),
+    Column("status", String(16), nullable=False),  # running | succeeded | failed
+    Column("rows_written", BigInteger, nullable=True),
+    Column("error", Text, nullable=True),
+    Index(None, "job", "started_at"),
+)
+
+job_state = Table(
+    "job_state",
+    metadata,
+    Column("job", String(64), primary_key=True),
+    Column("state", JSON, nullable=False),
+    Column("updated_at", UTCTimestamp, nullable=False),
+)
+
+# --- the synthetic world's truth (written by `learnpulse generate`) ------------------------------------------
+
+sim_world = Table(
+    "sim_world",
+    metadata,
+    Column("world_id", Integer, primary_key=True, autoincrement=False),  # always 1: one world per database
+    Column("seed", BigInteger, nullable=False),
+    Column("students", Integer, nullable=False),
+    Column("weeks", Integer, nullable=False),
+    Column("start_date", Date, nullable=False),  # first local day (a Monday)
+    Column("parameters", JSON, nullable=False),  # every generator parameter, incl. true effects
+    Column("created_at", UTCTimestamp, nullable=False),
+)
+
+sim_student = Table(
+    "sim_student",
+    metadata,
+    Column("user_id", BigId, primary_key=True, autoincrement=False),
+    Column("learner_type", Integer, nullable=False),
+    Column("learner_type_name", String(64), nullable=False),
+    Column("theta0", Float, nullable=False),  # ability at the start, logit scale
+    Column("growth", Float, nullable=False),  # ability gain per week
+    Column("engagement", Float, nullable=False),  # probability of being active on a given day
+    Column("attempts_per_day", Float, nullable=False),  # mean attempts on an active day
+    Column("enrol_day", Integer, nullable=False),  # days after start_date
+    Column("churn_day", Integer, nullable=True),  # day the churn gap starts (None: not within the world)
+    Column("hazard_lp", Float, nullable=False),  # true linear predictor of the churn hazard
+    Column("goal_target", Float, nullable=False),
+    Column("goal_deadline", Date, nullable=False),
+    Column("accuracy_at_deadline", Float, nullable=False),  # true expected accuracy at the deadline
+    Column("goal_reached", Boolean, nullable=False),
+)
+
+sim_item = Table(
+    "sim_item",
+    metadata,
+    Column("item_id", BigId, primary_key=True, autoincrement=False),
+    Column("topic_id", BigInteger, nullable=False),
+    Column("a", Float, nullable=False),  # 2PL discrimination
+    Column("b", Float, nullable=False),  # 2PL difficulty
+)
+
+sim_student_week = Table(
+    "sim_student_week",
+    metadata,
+    Column("user_id", BigInteger, primary_key=True),
+    Column("week_start", Date, primary_key=True),
+    Column("theta", Float, nullable=False),  # true ability that week, anomaly included
+    Column("expected_accuracy", Float, nullable=False),  # mean P(correct) over the item bank
+)
+
+sim_anomaly = Table(
+    "sim_anomaly",
+    metadata,
+    Column("user_id", BigInteger, primary_key=True),
+    Column("week_start", Date, primary_key=True),
+    Column("kind", String(16), nullable=False),  # "drop"
+    Column("effect", Float, nullable=False),  # shift of ability that week, logits
+)
+
+SIM_TABLES = (sim_world, sim_student, sim_item, sim_student_week, sim_anomaly)
+DERIVED_TABLES = (features_topic_daily, weekly_kpi)
