@@ -61,10 +61,10 @@ def _sqlite_column(shape: Table, name: str, values: pd.Series) -> list[Any]:
     if isinstance(coltype, Date):
         return [None if pd.isna(v) else pd.Timestamp(v).date().isoformat() for v in values]
     if isinstance(coltype, Boolean):
-        return values.astype(np.int8).tolist()  # type: ignore[no-any-return]
+        return values.astype(np.int8).tolist()
     if values.dtype.kind == "f":
         return _with_nulls(values.tolist(), values.isna().to_numpy())
-    return values.tolist()  # type: ignore[no-any-return]
+    return values.tolist()
 
 
 def _with_nulls(items: list[Any], nulls: np.ndarray) -> list[Any]:

@@ -51,4 +51,4 @@ class UTCTimestamp(TypeDecorator[datetime]):
             return None
         if dialect.name == "sqlite":
             return from_epoch_us(int(value))
-        return value.astimezone(UTC) if isinstance(value, datetime) else value  # type: ignore[no-any-return]
+        return value.astimezone(UTC) if isinstance(value, datetime) else value
