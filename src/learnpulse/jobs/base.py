@@ -1,0 +1,44 @@
+"""What a job is: a name, a cron schedule (UTC), the settings it reads, and a function run in one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from learnpulse.settings import Settings
+
+
+@dataclass
+class JobContext:
+    """Everything a job function gets. ``conn`` is the job's one transaction: all its writes go through it."""
+
+    settings: Settings
+    engine: Engine
+    conn: Connection
+    run_id: int
+    as_of: date
+    options: dict[str, Any] = field(default_factory=dict)
+    progress: Callable[[str], None] | None = None
+
+    def say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message)
+
+
+@dataclass
+class JobOutcome:
+    rows_written: int
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    run: Callable[[JobContext], JobOutcome]
+    schedule: str  # cron, UTC
+    description: str
+    settings: tuple[str, ...] = ()  # environment variables the job reads
