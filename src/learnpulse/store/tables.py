@@ -72,9 +72,7 @@ user_goal = Table(
     "user_goal",
     metadata,
     Column("user_id", BigId, primary_key=True, autoincrement=False),
-    Column(
-        "target", Float, CheckConstraint("target >= 0 AND target <= 1", name="target_range"), nullable=False
-    ),
+    Column("target", Float, CheckConstraint("target >= 0 AND target <= 1", name="target_range"), nullable=False),
     Column("deadline", Date, nullable=False),
     Column("batch_id", Integer, nullable=False),
 )

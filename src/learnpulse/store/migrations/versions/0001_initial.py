@@ -39,9 +39,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("attempt", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_attempt_batch_id"), ["batch_id"], unique=False)
-        batch_op.create_index(
-            batch_op.f("ix_attempt_user_id_answered_at"), ["user_id", "answered_at"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_attempt_user_id_answered_at"), ["user_id", "answered_at"], unique=False)
 
     op.create_table(
         "features_topic_daily",
