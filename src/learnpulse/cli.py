@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.exceptions import TyperException
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.exceptions import TyperException
 
 from learnpulse.errors import LearnpulseError, NotFoundError
 from learnpulse.settings import Settings, load_settings
@@ -72,7 +71,8 @@ def db_upgrade() -> None:
     settings = _settings()
     before, after = upgrade(_engine(settings))
     where = safe_url(settings.database_url)
-    out.print(f"schema at {after} ({'unchanged' if before == after else f'from {before or 'empty'}'}) on {where}")
+    change = "unchanged" if before == after else f"from {before or 'empty'}"
+    out.print(f"schema at {after} ({change}) on {where}")
 
 
 # --- data ----------------------------------------------------------------------------------------------------
@@ -91,15 +91,20 @@ def generate(
 
 
 def _generate(settings: Settings, *, students: int, weeks: int, seed: int, replace: bool) -> Any:
-    from learnpulse.store.world import save_world
+    """Simulate and store a world unless exactly that world is already stored; returns the SaveResult."""
+    from learnpulse.store.world import SaveResult, save_world, world_is_present
     from learnpulse.synthetic import WorldParams, generate_world
 
     params = WorldParams(students=students, weeks=weeks, seed=seed, timezone=settings.learnpulse_timezone)
+    engine = _engine(settings)
+    if world_is_present(engine, params):
+        err.print(f"this world (seed {seed}, {students:,} students x {weeks} weeks) is already stored")
+        return SaveResult(attempts=0, students=students, items=0, already_present=True, batch_id=None)
     with _progress() as bar:
         task = bar.add_task("simulating students", total=students)
-        world = generate_world(params, progress=lambda n: bar.advance(task, n))
+        world = generate_world(params, progress=lambda done: bar.update(task, completed=done))
         save = bar.add_task("storing attempts", total=len(world.attempts))
-        return save_world(_engine(settings), world, replace=replace, progress=lambda n: bar.advance(save, n))
+        return save_world(engine, world, replace=replace, progress=lambda n: bar.advance(save, n))
 
 
 @ingest_app.command("attempts")

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from learnpulse.settings import Settings
 from learnpulse.store.db import make_engine, safe_url
 from learnpulse.store.schema import upgrade
+from learnpulse.synthetic import WorldParams
 
 SEED = 42
 
@@ -38,8 +39,9 @@ def run_demo(
 
     console.print(f"[bold]learnpulse demo[/] on {safe_url(settings.database_url)}")
     step("db upgrade", lambda: upgrade(engine)[1])
-    world = step("generate", lambda: generate(settings, students=students, weeks=weeks, seed=SEED, replace=False))
-    as_of = world.start_date + timedelta(weeks=weeks) - timedelta(days=1)
+    params = WorldParams(students=students, weeks=weeks, seed=SEED, timezone=settings.learnpulse_timezone)
+    step("generate", lambda: generate(settings, students=students, weeks=weeks, seed=SEED, replace=False))
+    as_of = params.end_date - timedelta(days=1)  # the world's last day: jobs see all of it
     step("build-kpi", lambda: run_job(settings, "build-kpi", as_of, {}))
 
     steps = Table("step", "seconds", "result", title="pipeline")
@@ -50,6 +52,10 @@ def run_demo(
 
 
 def _short(result: Any) -> str:
+    if hasattr(result, "already_present"):
+        if result.already_present:
+            return "world already stored (skipped)"
+        return f"{result.students:,} students, {result.items:,} items, {result.attempts:,} attempts"
     if hasattr(result, "summary") and isinstance(result.summary, dict):
         return ", ".join(f"{k}={v}" for k, v in result.summary.items())
     return str(result)[:100]

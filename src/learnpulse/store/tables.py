@@ -162,6 +162,8 @@ sim_student = Table(
     Column("growth", Float, nullable=False),  # ability gain per week
     Column("engagement", Float, nullable=False),  # probability of being active on a given day
     Column("attempts_per_day", Float, nullable=False),  # mean attempts on an active day
+    Column("regularity", Float, nullable=False),  # 0-1, 1 = equally active every week (a churn covariate)
+    Column("topics", Integer, nullable=False),  # number of topics the student studies
     Column("enrol_day", Integer, nullable=False),  # days after start_date
     Column("churn_day", Integer, nullable=True),  # day the churn gap starts (None: not within the world)
     Column("hazard_lp", Float, nullable=False),  # true linear predictor of the churn hazard

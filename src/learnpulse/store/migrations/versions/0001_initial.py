@@ -122,6 +122,8 @@ def upgrade() -> None:
         sa.Column("growth", sa.Float(), nullable=False),
         sa.Column("engagement", sa.Float(), nullable=False),
         sa.Column("attempts_per_day", sa.Float(), nullable=False),
+        sa.Column("regularity", sa.Float(), nullable=False),
+        sa.Column("topics", sa.Integer(), nullable=False),
         sa.Column("enrol_day", sa.Integer(), nullable=False),
         sa.Column("churn_day", sa.Integer(), nullable=True),
         sa.Column("hazard_lp", sa.Float(), nullable=False),

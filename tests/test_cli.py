@@ -1,0 +1,71 @@
+"""The learnpulse command, run as a user runs it: exit codes, messages, and what lands in the database."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from learnpulse.store.db import make_engine
+from tests.helpers import attempts_frame, count, load_batch
+
+
+def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "learnpulse.cli", *args],
+        capture_output=True,
+        check=False,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_db_upgrade_then_build_kpi_then_jobs(db_url: str, tmp_path: Path) -> None:
+    env = {"DATABASE_URL": db_url}
+    first = cli("db", "upgrade", env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "from empty" in first.stdout
+    again = cli("db", "upgrade", env=env, cwd=tmp_path)
+    assert "unchanged" in again.stdout
+
+    engine = make_engine(db_url)
+    load_batch(engine, attempts_frame([(1, 1, True, "2026-03-02T10:00:00+09:00", 5.0)]))
+    ran = cli("run", "build-kpi", "--as-of", "2026-03-08", env=env, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert '"rows_written": 2' in ran.stdout
+    assert count(engine, "weekly_kpi") == 1
+
+    listed = cli("jobs", env=env, cwd=tmp_path)
+    assert listed.returncode == 0 and "build-kpi" in listed.stdout and "succeeded" in listed.stdout
+
+
+def test_errors_are_one_clear_line_and_exit_2(tmp_path: Path) -> None:
+    bad_zone = cli("db", "upgrade", env={"LEARNPULSE_TIMEZONE": "Mars/Base"}, cwd=tmp_path)
+    assert bad_zone.returncode == 2
+    assert "LEARNPULSE_TIMEZONE" in bad_zone.stderr and "Traceback" not in bad_zone.stderr
+
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+    unknown = cli("run", "no-such-job", env=env, cwd=tmp_path)
+    assert unknown.returncode == 2 and "unknown job 'no-such-job'" in unknown.stderr and "build-kpi" in unknown.stderr
+
+    bad_date = cli("run", "build-kpi", "--as-of", "yesterday", env=env, cwd=tmp_path)
+    assert bad_date.returncode == 2 and "--as-of" in bad_date.stderr
+
+
+def test_secrets_in_the_database_url_are_not_printed(tmp_path: Path) -> None:
+    result = cli("db", "upgrade", env={"DATABASE_URL": "postgresql://learn:hunter2@127.0.0.1:1/nowhere"}, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("command", [["--help"], ["ingest", "--help"], ["db", "--help"]])
+def test_help(command: list[str], tmp_path: Path) -> None:
+    result = cli(*command, cwd=tmp_path)
+    assert result.returncode == 0 and "Usage" in result.stdout
