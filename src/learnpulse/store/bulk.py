@@ -62,8 +62,9 @@ def _sqlite_column(shape: Table, name: str, values: pd.Series) -> list[Any]:
         return [None if pd.isna(v) else pd.Timestamp(v).date().isoformat() for v in values]
     if isinstance(coltype, Boolean):
         return values.astype(np.int8).tolist()
-    if values.dtype.kind == "f":
-        return _with_nulls(values.tolist(), values.isna().to_numpy())
+    if values.dtype.kind == "f" or isinstance(values.dtype, pd.api.extensions.ExtensionDtype):
+        # NaN and pd.NA (nullable Int64, ...) both mean NULL.
+        return _with_nulls(values.astype(object).tolist(), values.isna().to_numpy())
     return values.tolist()
 
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import pandas as pd
 from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, text
 
 from learnpulse.errors import ConflictError
@@ -112,15 +111,6 @@ def _clear(conn: Connection) -> None:
         conn.execute(text(f"TRUNCATE {', '.join(t.name for t in REPLACED_TABLES)}"))
 
 
-def _sim_student_frame(students: pd.DataFrame) -> pd.DataFrame:
-    out = students.copy()
-    # Nullable integers as Python ints and None: both bulk paths (sqlite3, Arrow) take those.
-    out["churn_day"] = pd.Series(
-        [None if pd.isna(v) else int(v) for v in students["churn_day"]], index=students.index, dtype=object
-    )
-    return out
-
-
 def save_world(
     engine: Engine,
     world: World,
@@ -200,7 +190,7 @@ def _write(conn: Connection, world: World, parameters: dict[str, Any], progress:
             created_at=now,
         )
     )
-    insert_frame(conn, sim_student, _sim_student_frame(world.students))
+    insert_frame(conn, sim_student, world.students)
     insert_frame(conn, sim_item, world.items)
     insert_frame(conn, sim_student_week, world.student_weeks)
     insert_frame(conn, sim_anomaly, world.anomalies)
