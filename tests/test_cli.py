@@ -69,3 +69,33 @@ def test_secrets_in_the_database_url_are_not_printed(tmp_path: Path) -> None:
 def test_help(command: list[str], tmp_path: Path) -> None:
     result = cli(*command, cwd=tmp_path)
     assert result.returncode == 0 and "Usage" in result.stdout
+
+
+def test_ingest_through_the_cli_reports_rows_and_columns(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+    assert cli("db", "upgrade", env=env, cwd=tmp_path).returncode == 0
+    good = tmp_path / "attempts.csv"
+    good.write_text(
+        "attempt_id,user_id,item_id,topic_id,is_correct,answered_at,time_spent_s\n"
+        "1,7,3,1,true,2026-03-02T21:15:00+09:00,31.5\n"
+        "2,7,4,1,0,2026-03-02T12:16:00Z,\n"
+    )
+    loaded = cli("ingest", "attempts", str(good), env=env, cwd=tmp_path)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "2 added" in loaded.stdout
+    again = cli("ingest", "attempts", str(good), env=env, cwd=tmp_path)
+    assert "already loaded" in again.stdout
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("attempt_id,user_id,item_id,topic_id,is_correct,answered_at\n3,7,3,1,maybe,2026-03-02T21:15:00\n")
+    rejected = cli("ingest", "attempts", str(bad), env=env, cwd=tmp_path)
+    assert rejected.returncode == 2
+    assert "bad.csv" in rejected.stderr and "is_correct" in rejected.stderr and "answered_at" in rejected.stderr
+    assert "line 2" in rejected.stderr
+    assert count(make_engine(env["DATABASE_URL"]), "attempt") == 2
+
+
+def test_commands_refuse_an_unmigrated_database(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'new.db'}"}
+    result = cli("run", "build-kpi", env=env, cwd=tmp_path)
+    assert result.returncode == 2 and "learnpulse db upgrade" in result.stderr

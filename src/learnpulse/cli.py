@@ -42,10 +42,15 @@ def _settings() -> Settings:
     return load_settings()
 
 
-def _engine(settings: Settings) -> Any:
+def _engine(settings: Settings, *, check_schema: bool = True) -> Any:
+    """The database engine; unless told otherwise, refuse to work on a schema that is not at the latest migration."""
     from learnpulse.store.db import make_engine
+    from learnpulse.store.schema import require_current
 
-    return make_engine(settings.database_url)
+    engine = make_engine(settings.database_url)
+    if check_schema:
+        require_current(engine)
+    return engine
 
 
 def _progress() -> Progress:
@@ -69,7 +74,7 @@ def db_upgrade() -> None:
     from learnpulse.store.schema import upgrade
 
     settings = _settings()
-    before, after = upgrade(_engine(settings))
+    before, after = upgrade(_engine(settings, check_schema=False))
     where = safe_url(settings.database_url)
     change = "unchanged" if before == after else f"from {before or 'empty'}"
     out.print(f"schema at {after} ({change}) on {where}")
@@ -116,7 +121,7 @@ def ingest_attempts(file: Annotated[Path, typer.Argument(help="CSV or Parquet fi
     with _progress() as bar:
         task = bar.add_task(f"loading {file.name}", total=None)
         result = load(_engine(settings), file, progress=lambda n: bar.advance(task, n))
-    out.print(result)
+    out.print(result.summary())
 
 
 @ingest_app.command("goals")
@@ -124,7 +129,7 @@ def ingest_goals(file: Annotated[Path, typer.Argument(help="CSV or Parquet file 
     """Validate and load student goals (upsert by user_id)."""
     from learnpulse.ingest import ingest_goals as load
 
-    out.print(load(_engine(_settings()), file))
+    out.print(load(_engine(_settings()), file).summary())
 
 
 # --- jobs ----------------------------------------------------------------------------------------------------

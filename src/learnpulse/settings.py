@@ -92,8 +92,7 @@ def load_settings(**overrides: object) -> Settings:
         first = exc.errors()[0]
         variable = str(first["loc"][0]).upper() if first["loc"] else "?"
         problems = [
-            {"variable": str(e["loc"][0]).upper() if e["loc"] else "?", "problem": e["msg"]}
-            for e in exc.errors()
+            {"variable": str(e["loc"][0]).upper() if e["loc"] else "?", "problem": e["msg"]} for e in exc.errors()
         ]
         raise ConfigError(
             f"invalid setting {variable}: {first['msg']}", {"variable": variable, "problems": problems}

@@ -28,6 +28,8 @@ from learnpulse.store.types import from_epoch_us
 
 # I_t until IRT calibration exists: 100 x Laplace-smoothed weekly accuracy, (correct + 1) / (attempts + 2).
 ACCURACY_INDEX_SQL = "100.0 * (SUM(correct) + 1) / (SUM(attempts) + 2)"
+DAILY_PK = "pk_features_topic_daily"
+PG_WORK_MEM = "256MB"
 ACTIVITY_COLUMNS = ("attempts", "correct", "accuracy", "active_days", "study_minutes", "topics")
 
 
@@ -113,6 +115,10 @@ def build(
     dialect = conn.dialect.name
     end = local_day_start_utc(as_of + timedelta(days=1), tz)
     end_p = instant_param(dialect, end)
+    if dialect == "postgresql":
+        # Room to hash-aggregate and sort millions of rows in memory rather than in temporary files.
+        conn.execute(text(f"SET LOCAL work_mem = '{PG_WORK_MEM}'"))
+        conn.execute(text(f"SET LOCAL maintenance_work_mem = '{PG_WORK_MEM}'"))
     watermark = int(conn.execute(text("SELECT COALESCE(MAX(batch_id), 0) FROM ingest_batch")).scalar_one())
     counts = KpiCounts()
 
@@ -151,8 +157,18 @@ def build(
 
 
 def _rebuild_all_days(conn: Connection, sql: _Sql, end_p: object) -> int:
-    conn.execute(text("DELETE FROM features_topic_daily"))
-    return _insert_days(conn, sql, "attempt a", "a.answered_at < :end", {"end": end_p})
+    """Replace every daily row. On PostgreSQL the primary key is rebuilt once after the insert, which is several
+    times faster than maintaining it row by row (the table is locked until the build commits)."""
+    if sql.dialect != "postgresql":
+        conn.execute(text("DELETE FROM features_topic_daily"))
+        return _insert_days(conn, sql, "attempt a", "a.answered_at < :end", {"end": end_p})
+    conn.execute(text("TRUNCATE features_topic_daily"))
+    conn.execute(text(f"ALTER TABLE features_topic_daily DROP CONSTRAINT {DAILY_PK}"))
+    rows = _insert_days(conn, sql, "attempt a", "a.answered_at < :end", {"end": end_p})
+    conn.execute(
+        text(f"ALTER TABLE features_topic_daily ADD CONSTRAINT {DAILY_PK} PRIMARY KEY (user_id, topic_id, day)")
+    )
+    return rows
 
 
 def _insert_days(conn: Connection, sql: _Sql, source: str, where: str, params: dict[str, Any]) -> int:
@@ -220,7 +236,9 @@ def _fill_dirty_days(conn: Connection, sql: _Sql) -> None:
 def _rebuild_dirty_days(conn: Connection, sql: _Sql, end_p: object) -> int:
     conn.execute(
         text("""
-        DELETE FROM features_topic_daily WHERE EXISTS (
+        DELETE FROM features_topic_daily
+        WHERE user_id IN (SELECT user_id FROM kpi_dirty)
+          AND EXISTS (
             SELECT 1 FROM kpi_dirty k
             WHERE k.user_id = features_topic_daily.user_id
               AND features_topic_daily.day BETWEEN k.day_min AND k.day_max)

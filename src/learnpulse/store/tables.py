@@ -90,6 +90,8 @@ features_topic_daily = Table(
     Column("accuracy", Float, nullable=False),  # correct / attempts
     Column("time_spent_s", Float, nullable=False),  # sum over attempts with a recorded time
     Column("timed_attempts", Integer, nullable=False),  # attempts with a recorded time
+    # On SQLite, cluster rows by the key: the build inserts them in key order, so one B-tree is appended to.
+    sqlite_with_rowid=False,
 )
 
 weekly_kpi = Table(

@@ -52,6 +52,7 @@ def upgrade() -> None:
         sa.Column("time_spent_s", sa.Float(), nullable=False),
         sa.Column("timed_attempts", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("user_id", "topic_id", "day", name=op.f("pk_features_topic_daily")),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "ingest_batch",
