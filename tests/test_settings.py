@@ -70,3 +70,27 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     fields = {name.upper() for name in Settings.model_fields}
     assert fields - documented == set(), "settings missing from the README table"
     assert documented - fields == set(), "README documents settings that do not exist"
+
+
+def test_api_token_from_environment_or_file_never_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LEARNPULSE_API_TOKEN", raising=False)
+    monkeypatch.delenv("LEARNPULSE_API_TOKEN_FILE", raising=False)
+    assert load_settings().api_token() is None
+    monkeypatch.setenv("LEARNPULSE_API_TOKEN", "s3cr3t-value")
+    settings = load_settings()
+    assert settings.api_token() == "s3cr3t-value"
+    assert "s3cr3t-value" not in repr(settings) and "s3cr3t-value" not in str(settings.model_dump())
+
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    monkeypatch.setenv("LEARNPULSE_API_TOKEN_FILE", str(token_file))
+    with pytest.raises(ConfigError, match="not both"):
+        load_settings().api_token()
+    monkeypatch.delenv("LEARNPULSE_API_TOKEN")
+    assert load_settings().api_token() == "from-file"
+    token_file.write_text("  \n")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_settings().api_token()
+    monkeypatch.setenv("LEARNPULSE_API_TOKEN_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings().api_token()

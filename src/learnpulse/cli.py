@@ -191,6 +191,36 @@ def jobs() -> None:
     out.print(table)
 
 
+@app.command()
+def scheduler(
+    cron: Annotated[
+        list[str] | None,
+        typer.Option(help="Override a schedule: JOB=CRON (5 fields, or 6 with seconds last). Repeatable."),
+    ] = None,
+    only: Annotated[list[str] | None, typer.Option(help="Schedule only these jobs. Repeatable.")] = None,
+) -> None:
+    """Run the registered jobs on their schedules (UTC) until SIGTERM or Ctrl-C; a running job finishes first."""
+    import logging
+    import signal
+
+    from learnpulse.jobs import REGISTRY
+    from learnpulse.scheduler import Scheduler
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings()
+    _engine(settings)  # fail now, not at the first firing, if the database is not ready
+    crons = {name: job.schedule for name, job in REGISTRY.items() if not only or name in only}
+    for override in cron or []:
+        name, _, expression = override.partition("=")
+        if name not in REGISTRY:
+            raise NotFoundError(f"--cron names unknown job {name!r}", {"job": name})
+        crons[name] = expression.strip()
+    sched = Scheduler(crons, run=lambda name: _run_job(settings, name, None, {}))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: sched.stop())
+    sched.serve()
+
+
 # --- demo ----------------------------------------------------------------------------------------------------
 
 

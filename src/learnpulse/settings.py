@@ -7,10 +7,11 @@ is documented in the README's settings table (a test keeps the two in step).
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from learnpulse.errors import ConfigError
@@ -30,6 +31,11 @@ class Settings(BaseSettings):
     learnpulse_timezone: str = "Asia/Seoul"
     learnpulse_lock_wait_seconds: float = Field(0.0, ge=0)
     dask_scheduler_address: str | None = None
+
+    # --- API (learnpulse serve) -----------------------------------------------------------------------------
+    learnpulse_api_token: SecretStr | None = None
+    learnpulse_api_token_file: Path | None = None
+    learnpulse_api_max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
 
     # --- fit-bayesian-growth ----------------------------------------------------------------------------------
     lookback_weeks: int = Field(12, ge=2, le=520)
@@ -53,7 +59,13 @@ class Settings(BaseSettings):
     cluster_n_clusters: int | None = Field(None, ge=2, le=50)
     cluster_method: Literal["kmeans", "gmm"] = "kmeans"
 
-    @field_validator("cluster_n_clusters", "dask_scheduler_address", mode="before")
+    @field_validator(
+        "cluster_n_clusters",
+        "dask_scheduler_address",
+        "learnpulse_api_token",
+        "learnpulse_api_token_file",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         # The original CronJobs set CLUSTER_N_CLUSTERS="" to mean "choose automatically".
@@ -82,6 +94,37 @@ class Settings(BaseSettings):
     @cached_property
     def timezone(self) -> ZoneInfo:
         return ZoneInfo(self.learnpulse_timezone)
+
+    def api_token(self) -> str | None:
+        """The API bearer token from LEARNPULSE_API_TOKEN or the file LEARNPULSE_API_TOKEN_FILE (a mounted secret).
+
+        Raises ConfigError (never showing the token) when both are set or the file is missing or empty.
+        """
+        if self.learnpulse_api_token is not None and self.learnpulse_api_token_file is not None:
+            raise ConfigError(
+                "set LEARNPULSE_API_TOKEN or LEARNPULSE_API_TOKEN_FILE, not both",
+                {"variable": "LEARNPULSE_API_TOKEN_FILE"},
+            )
+        if self.learnpulse_api_token_file is not None:
+            path = self.learnpulse_api_token_file
+            try:
+                token = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"LEARNPULSE_API_TOKEN_FILE: cannot read {path}: {exc.strerror}",
+                    {"variable": "LEARNPULSE_API_TOKEN_FILE"},
+                ) from None
+            if not token:
+                raise ConfigError(
+                    f"LEARNPULSE_API_TOKEN_FILE: {path} is empty", {"variable": "LEARNPULSE_API_TOKEN_FILE"}
+                )
+            return token
+        if self.learnpulse_api_token is not None:
+            token = self.learnpulse_api_token.get_secret_value().strip()
+            if not token:
+                raise ConfigError("LEARNPULSE_API_TOKEN is empty", {"variable": "LEARNPULSE_API_TOKEN"})
+            return token
+        return None
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from learnpulse.errors import ConflictError
 from learnpulse.jobs.base import Job, JobContext, JobOutcome
+from learnpulse.schedule import BY_NAME, cron_of
 from learnpulse.store import kpi, runs
 
 NAME = "build-kpi"
@@ -48,7 +49,7 @@ def run(ctx: JobContext) -> JobOutcome:
 BUILD_KPI = Job(
     name=NAME,
     run=run,
-    schedule="0 3 * * *",  # daily, before the model jobs (04:30 onwards)
-    description="Daily topic features and weekly activity KPIs from attempts (incremental)",
+    schedule=cron_of(NAME),
+    description=BY_NAME[NAME].description,
     settings=("LEARNPULSE_TIMEZONE",),
 )

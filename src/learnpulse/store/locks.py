@@ -66,8 +66,11 @@ def job_lock(engine: Engine, name: str, wait_seconds: float = 0.0) -> Iterator[N
 
 @contextmanager
 def _postgres_lock(engine: Engine, name: str, wait_seconds: float) -> Iterator[None]:
-    key = advisory_key(name)
     with engine.connect() as conn:
+        # Advisory locks are per database; key them by schema too, so learnpulse instances that share a
+        # database in different schemas (and parallel test runs) do not block each other.
+        schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+        key = advisory_key(f"{schema}:{name}")
         deadline = time.monotonic() + wait_seconds
         while not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar_one():
             if time.monotonic() >= deadline:

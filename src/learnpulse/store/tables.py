@@ -82,9 +82,10 @@ user_goal = Table(
 features_topic_daily = Table(
     "features_topic_daily",
     metadata,
+    # Key order (user, day, topic): incremental builds read and rewrite day ranges of single students.
     Column("user_id", BigInteger, primary_key=True),
-    Column("topic_id", BigInteger, primary_key=True),
     Column("day", Date, primary_key=True),  # local calendar day in LEARNPULSE_TIMEZONE
+    Column("topic_id", BigInteger, primary_key=True),
     Column("attempts", Integer, nullable=False),
     Column("correct", Integer, nullable=False),
     Column("accuracy", Float, nullable=False),  # correct / attempts

@@ -44,14 +44,14 @@ def upgrade() -> None:
     op.create_table(
         "features_topic_daily",
         sa.Column("user_id", sa.BigInteger(), nullable=False),
-        sa.Column("topic_id", sa.BigInteger(), nullable=False),
         sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("topic_id", sa.BigInteger(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("correct", sa.Integer(), nullable=False),
         sa.Column("accuracy", sa.Float(), nullable=False),
         sa.Column("time_spent_s", sa.Float(), nullable=False),
         sa.Column("timed_attempts", sa.Integer(), nullable=False),
-        sa.PrimaryKeyConstraint("user_id", "topic_id", "day", name=op.f("pk_features_topic_daily")),
+        sa.PrimaryKeyConstraint("user_id", "day", "topic_id", name=op.f("pk_features_topic_daily")),
         sqlite_with_rowid=False,
     )
     op.create_table(
