@@ -31,6 +31,7 @@ ACCURACY_INDEX_SQL = "100.0 * (SUM(correct) + 1) / (SUM(attempts) + 2)"
 DAILY_PK = "pk_features_topic_daily"
 PG_WORK_MEM = "256MB"
 DAILY_VALUES = ("attempts", "correct", "accuracy", "time_spent_s", "timed_attempts")
+FLOAT_COLUMNS = frozenset({"accuracy", "time_spent_s", "study_minutes", "i_t"})
 ACTIVITY_COLUMNS = ("attempts", "correct", "accuracy", "active_days", "study_minutes", "topics")
 
 
@@ -93,8 +94,24 @@ class _Sql:
             return f"({column} + INTERVAL '{days} days')"
         return f"({column} + {days * 86_400_000_000})"
 
-    def distinct(self, a: str, b: str) -> str:
-        return f"{a} IS DISTINCT FROM {b}" if self.dialect == "postgresql" else f"{a} IS NOT {b}"
+    def per_dirty_student(self, table: str, alias: str, condition: str) -> str:
+        """FROM-clause pairing each ``kpi_dirty k`` student with its rows of ``table`` matching ``condition``.
+
+        Written so both planners loop over the (few) dirty students and seek each one's rows through an index
+        whose prefix is user_id, instead of scanning the whole table: SQLite keeps the CROSS JOIN order;
+        PostgreSQL gets a LATERAL subquery that OFFSET 0 keeps from being flattened into a hash join.
+        """
+        match = f"{alias}.user_id = k.user_id AND {condition}"
+        if self.dialect == "postgresql":
+            return f"kpi_dirty k CROSS JOIN LATERAL (SELECT * FROM {table} {alias} WHERE {match} OFFSET 0) {alias}"
+        return f"kpi_dirty k CROSS JOIN {table} {alias} ON {match}"
+
+    def differs(self, stored: str, new: str, column: str) -> str:
+        """True when a recomputed value really differs from the stored one. Floating-point sums depend on the
+        order rows are added in, which depends on the query plan, so a change in the last bits is no change."""
+        if column in FLOAT_COLUMNS:
+            return f"({stored} IS NULL OR ABS({stored} - {new}) > 1e-9 * (ABS({stored}) + ABS({new}) + 1))"
+        return f"{stored} IS DISTINCT FROM {new}" if self.dialect == "postgresql" else f"{stored} IS NOT {new}"
 
 
 def _instant(conn: Connection, value: Any) -> datetime:
@@ -120,6 +137,7 @@ def build(
         # Room to hash-aggregate and sort millions of rows in memory rather than in temporary files.
         conn.execute(text(f"SET LOCAL work_mem = '{PG_WORK_MEM}'"))
         conn.execute(text(f"SET LOCAL maintenance_work_mem = '{PG_WORK_MEM}'"))
+        conn.execute(text("SET LOCAL jit = off"))  # compiling costs more than it saves on these statements
     watermark = int(conn.execute(text("SELECT COALESCE(MAX(batch_id), 0) FROM ingest_batch")).scalar_one())
     counts = KpiCounts()
 
@@ -178,7 +196,7 @@ def _insert_days(
     day = sql.day("a.answered_at")
     on_conflict = ""
     if upsert:
-        changed = " OR ".join(sql.distinct(f"features_topic_daily.{c}", f"excluded.{c}") for c in DAILY_VALUES)
+        changed = " OR ".join(sql.differs(f"features_topic_daily.{c}", f"excluded.{c}", c) for c in DAILY_VALUES)
         on_conflict = (
             "ON CONFLICT (user_id, day, topic_id) DO UPDATE SET "
             + ", ".join(f"{c} = excluded.{c}" for c in DAILY_VALUES)
@@ -257,14 +275,11 @@ def _rebuild_dirty_days(conn: Connection, sql: _Sql, end_p: object) -> int:
     """Recompute the dirty students' days. Attempts are append-only, so every stored row in the range is
     recomputed too: an upsert suffices and no row has to be deleted."""
     day = sql.day("a.answered_at")
-    # CROSS JOIN makes SQLite loop over the few dirty students and seek each one's attempts through the
-    # (user_id, answered_at) index, instead of scanning all attempts (PostgreSQL plans this well either way).
     return _insert_days(
         conn,
         sql,
-        "kpi_dirty k CROSS JOIN attempt a",
-        f"a.user_id = k.user_id AND a.answered_at BETWEEN k.t_lo AND k.t_hi AND a.answered_at < :end"
-        f" AND {day} BETWEEN k.day_min AND k.day_max",
+        sql.per_dirty_student("attempt", "a", "a.answered_at BETWEEN k.t_lo AND k.t_hi"),
+        f"a.answered_at < :end AND {day} BETWEEN k.day_min AND k.day_max",
         {"end": end_p},
         upsert=True,
     )
@@ -272,14 +287,11 @@ def _rebuild_dirty_days(conn: Connection, sql: _Sql, end_p: object) -> int:
 
 def _upsert_weeks(conn: Connection, sql: _Sql, run_id: int, *, dirty: bool) -> int:
     source = "features_topic_daily f"
-    if dirty:  # as above: drive from the dirty students, seek their days by primary key
-        source = (
-            "kpi_dirty k CROSS JOIN features_topic_daily f"
-            " WHERE f.user_id = k.user_id AND f.day BETWEEN k.week_min AND k.week_max_end"
-        )
+    if dirty:
+        source = sql.per_dirty_student("features_topic_daily", "f", "f.day BETWEEN k.week_min AND k.week_max_end")
     keep_irt = "weekly_kpi.i_t_source IS NULL OR weekly_kpi.i_t_source = 'accuracy'"
-    changed = " OR ".join(sql.distinct(f"weekly_kpi.{c}", f"excluded.{c}") for c in ACTIVITY_COLUMNS)
-    changed += f" OR (({keep_irt}) AND {sql.distinct('weekly_kpi.i_t', 'excluded.i_t')})"
+    changed = " OR ".join(sql.differs(f"weekly_kpi.{c}", f"excluded.{c}", c) for c in ACTIVITY_COLUMNS)
+    changed += f" OR (({keep_irt}) AND {sql.differs('weekly_kpi.i_t', 'excluded.i_t', 'i_t')})"
     result = conn.execute(
         text(f"""
         INSERT INTO weekly_kpi
