@@ -52,7 +52,8 @@ def task_demo(args: list[str]) -> int:
 
 
 def task_lint(_: list[str]) -> int:
-    return run("ruff", "check", "src", "tests", "bench", "tasks.py") or run("mypy")
+    paths = ("src", "tests", "bench", "tasks.py")
+    return run("ruff", "check", *paths) or run("ruff", "format", "--check", *paths) or run("mypy")
 
 
 def task_test(args: list[str]) -> int:
