@@ -192,6 +192,24 @@ def jobs() -> None:
 
 
 @app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    insecure_dev: Annotated[
+        bool, typer.Option("--insecure-dev", help="Development only: serve without a bearer token (warns).")
+    ] = False,
+) -> None:
+    """Serve the HTTP API (bearer token from LEARNPULSE_API_TOKEN or LEARNPULSE_API_TOKEN_FILE)."""
+    import logging
+
+    from learnpulse.api.server import serve as run_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_server(_settings(), host=host, port=port, workers=workers, insecure_dev=insecure_dev)
+
+
+@app.command()
 def scheduler(
     cron: Annotated[
         list[str] | None,

@@ -1,0 +1,294 @@
+"""Python client of the learnpulse HTTP API (httpx).
+
+    with Client("http://localhost:8000", token=os.environ["LEARNPULSE_API_TOKEN"]) as api:
+        for week in api.iter_user_kpi(42, date_from="2026-03-01"):
+            print(week.week_start, week.i_t, week.p)
+
+Every method goes through one ``_request(method, path, *, params, json, idempotent)``: it adds the token, applies
+the timeout, retries, and turns every error body ``{"error": {"code", "message", "details"}}`` into a typed
+exception. Adding an endpoint is a few lines: call ``_request`` and validate the JSON into a model of
+``learnpulse.api.schemas``.
+
+Retries: only for idempotent calls (GET, HEAD, PUT, DELETE, or ``idempotent=True``), only after a transport error
+(connection refused or reset, timeout) or a 502/503/504 answer; exponential backoff with jitter
+(``backoff * 2**n``, between half and all of it), or the server's ``Retry-After`` when it gives one (capped at
+``MAX_RETRY_AFTER``). A 4xx is never retried.
+
+Exceptions (all ``ApiError``, itself a ``LearnpulseError``): ``Unauthorized`` (401), ``NotFound`` (404),
+``InvalidRequest`` (400, 413, 422), ``ServiceUnavailable`` (502/503/504 once retries are spent), ``ConnectionFailed``
+(no answer at all). Each carries ``status``, ``code``, ``message`` and ``details`` from the error body. The token
+appears in no message, repr or exception.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from learnpulse.api.schemas import Health, JobRun, JobStatus, KpiWeek, Page, Readiness
+from learnpulse.errors import LearnpulseError
+
+__all__ = [
+    "ApiError",
+    "Client",
+    "ConnectionFailed",
+    "InvalidRequest",
+    "NotFound",
+    "ServiceUnavailable",
+    "Unauthorized",
+]
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+RETRY_STATUSES = frozenset({502, 503, 504})
+MAX_RETRY_AFTER = 30.0  # seconds: a longer Retry-After is capped
+
+
+class ApiError(LearnpulseError):
+    """An error answer of the API (or no answer: ``ConnectionFailed``). ``status`` is None when nothing answered."""
+
+    code = "api_error"
+
+    def __init__(self, status: int | None, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, details)
+        self.status = status
+        self.code = code
+        if status is not None:
+            self.http_status = status
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable despite the extra constructor arguments
+        return (type(self), (self.status, self.code, self.message, self.details))
+
+    def __str__(self) -> str:
+        prefix = f"HTTP {self.status} " if self.status is not None else ""
+        return f"{prefix}{self.code}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status={self.status!r}, code={self.code!r}, message={self.message!r})"
+
+
+class Unauthorized(ApiError):  # noqa: N818 - the names callers catch
+    """401: missing or wrong token."""
+
+
+class NotFound(ApiError):  # noqa: N818 - the names callers catch
+    """404: unknown resource (e.g. an unknown student) or route."""
+
+
+class InvalidRequest(ApiError):  # noqa: N818 - the names callers catch
+    """400, 413 or 422: the request was refused as it stands; ``details['problems']`` says where."""
+
+
+class ServiceUnavailable(ApiError):  # noqa: N818 - the names callers catch
+    """502, 503 or 504 after the retries: the server or its database is unavailable."""
+
+
+class ConnectionFailed(ApiError):  # noqa: N818 - the names callers catch
+    """No HTTP answer (connection refused or reset, timeout) after the retries."""
+
+
+_BY_STATUS: dict[int, type[ApiError]] = {
+    400: InvalidRequest,
+    401: Unauthorized,
+    404: NotFound,
+    413: InvalidRequest,
+    422: InvalidRequest,
+    502: ServiceUnavailable,
+    503: ServiceUnavailable,
+    504: ServiceUnavailable,
+}
+
+
+def _error_from(response: httpx.Response) -> ApiError:
+    cls = _BY_STATUS.get(response.status_code, ApiError)
+    code, message, details = f"http_{response.status_code}", response.reason_phrase or "HTTP error", {}
+    try:
+        body = response.json()
+        error = body["error"]
+        code, message = str(error["code"]), str(error["message"])
+        details = dict(error.get("details") or {})
+    except (ValueError, KeyError, TypeError):
+        pass  # not our error shape (e.g. a proxy's page): keep the status line
+    return cls(response.status_code, code, message, details)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _date_param(value: date | str | None) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if isinstance(value, date) else str(value)
+
+
+class Client:
+    """Client of the learnpulse API; use as a context manager (or call ``close()``)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = 10.0,
+        retries: int = 3,
+        backoff: float = 0.25,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        self.base_url = base_url.rstrip("/")
+        self.retries = retries
+        self.backoff = backoff
+        self._token = token or None
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+
+    def __repr__(self) -> str:
+        return f"Client({self.base_url!r}, token={'set' if self._token else 'none'})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- the one request path ----------------------------------------------------------------------------------
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        if response is not None:
+            after = _retry_after(response)
+            if after is not None:
+                return after
+        full = self.backoff * 2.0**attempt
+        return full / 2 + random.uniform(0, full / 2)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        idempotent: bool | None = None,
+    ) -> Any:
+        """Send one call (with retries if idempotent) and return its JSON body; raise ``ApiError`` on failure."""
+        method = method.upper()
+        retryable = idempotent if idempotent is not None else method in IDEMPOTENT_METHODS
+        headers = {"Accept": "application/json"}
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token}"
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(method, path, params=query, json=json, headers=headers)
+            except httpx.TransportError as exc:
+                if retryable and attempt < self.retries:
+                    time.sleep(self._delay(attempt, None))
+                    attempt += 1
+                    continue
+                tries = attempt + 1
+                raise ConnectionFailed(
+                    None,
+                    "connection_failed",
+                    f"{method} {self.base_url}{path}: no answer after {tries} attempt{'s' * (tries > 1)} "
+                    f"({type(exc).__name__}: {exc})",
+                    {"attempts": tries},
+                ) from None
+            if response.status_code in RETRY_STATUSES and retryable and attempt < self.retries:
+                delay = self._delay(attempt, response)
+                response.close()
+                time.sleep(delay)
+                attempt += 1
+                continue
+            if not response.is_success:
+                raise _error_from(response)
+            if not response.content:
+                return None
+            try:
+                return response.json()
+            except ValueError:
+                raise ApiError(
+                    response.status_code,
+                    "invalid_response",
+                    f"{method} {self.base_url}{path}: the answer is not JSON",
+                    {"content_type": response.headers.get("content-type")},
+                ) from None
+
+    # --- endpoints ---------------------------------------------------------------------------------------------
+
+    def health(self) -> Health:
+        """``GET /healthz``: the server process answers."""
+        return Health.model_validate(self._request("GET", "/healthz"))
+
+    def ready(self) -> Readiness:
+        """``GET /readyz``: the database answers and its schema is current (else ``ServiceUnavailable``)."""
+        return Readiness.model_validate(self._request("GET", "/readyz"))
+
+    def user_kpi(
+        self,
+        user_id: int,
+        date_from: date | str | None = None,
+        date_to: date | str | None = None,
+        *,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[KpiWeek]:
+        """``GET /users/{user_id}/kpi``: one page of the student's weeks overlapping [date_from, date_to]."""
+        params = {"from": _date_param(date_from), "to": _date_param(date_to), "limit": limit, "cursor": cursor}
+        return Page[KpiWeek].model_validate(self._request("GET", f"/users/{int(user_id)}/kpi", params=params))
+
+    def iter_user_kpi(
+        self, user_id: int, date_from: date | str | None = None, date_to: date | str | None = None, *, limit: int = 100
+    ) -> Iterator[KpiWeek]:
+        """Every week of ``user_kpi``, following the cursors (``limit`` weeks per request)."""
+        cursor: str | None = None
+        while True:
+            page = self.user_kpi(user_id, date_from, date_to, limit=limit, cursor=cursor)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def job_runs(
+        self, job: str | None = None, status: JobStatus | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[JobRun]:
+        """``GET /jobs/runs``: one page of job runs, newest first."""
+        params = {"job": job, "status": status, "limit": limit, "cursor": cursor}
+        return Page[JobRun].model_validate(self._request("GET", "/jobs/runs", params=params))
+
+    def iter_job_runs(
+        self, job: str | None = None, status: JobStatus | None = None, *, limit: int = 50
+    ) -> Iterator[JobRun]:
+        """Every job run matching the filters, newest first, following the cursors."""
+        cursor: str | None = None
+        while True:
+            page = self.job_runs(job, status, limit=limit, cursor=cursor)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
