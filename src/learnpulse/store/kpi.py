@@ -196,6 +196,12 @@ def _rebuild_all_days(conn: Connection, sql: _Sql, end_p: object) -> int:
 def _insert_days(
     conn: Connection, sql: _Sql, source: str, where: str, params: dict[str, Any], *, upsert: bool = False
 ) -> int:
+    """Aggregate attempts per (student, local day, topic) into features_topic_daily.
+
+    Rows are inserted in key order so that each student's rows sit together in the table: the incremental
+    build, the weekly roll-up and the API then read a student's rows from a few pages instead of one page per row
+    (PostgreSQL's hash aggregation would otherwise store them in hash order).
+    """
     day = sql.day("a.answered_at")
     on_conflict = ""
     if upsert:
@@ -217,6 +223,7 @@ def _insert_days(
         ) x
         WHERE true
         GROUP BY user_id, day, topic_id
+        ORDER BY user_id, day, topic_id
         {on_conflict}
         """),
         params,
@@ -307,6 +314,7 @@ def _upsert_weeks(conn: Connection, sql: _Sql, run_id: int, *, dirty: bool) -> i
         FROM (SELECT f.*, {sql.week("f.day")} AS week_start FROM {source}) x
         WHERE true
         GROUP BY user_id, week_start
+        ORDER BY user_id, week_start
         ON CONFLICT (user_id, week_start) DO UPDATE SET
             attempts = excluded.attempts, correct = excluded.correct, accuracy = excluded.accuracy,
             active_days = excluded.active_days, study_minutes = excluded.study_minutes, topics = excluded.topics,
