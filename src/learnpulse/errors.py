@@ -63,6 +63,13 @@ class InsufficientDataError(LearnpulseError):
     http_status = 422
 
 
+class NotFittedError(LearnpulseError):
+    """A model was asked to predict, summarise or serialise before ``fit`` (or ``from_json``) gave it its state."""
+
+    code = "not_fitted"
+    http_status = 409
+
+
 class DatabaseUnavailableError(LearnpulseError):
     code = "database_unavailable"
     http_status = 503
