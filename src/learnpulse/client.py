@@ -25,14 +25,15 @@ from __future__ import annotations
 import email.utils
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import httpx
 
 from learnpulse.api.schemas import Health, JobRun, JobStatus, KpiWeek, Page, Readiness
+from learnpulse.api.survival_schemas import SurvivalFitResponse
 from learnpulse.errors import LearnpulseError
 
 __all__ = [
@@ -292,3 +293,28 @@ class Client:
             if page.next_cursor is None:
                 return
             cursor = page.next_cursor
+
+    # --- survival ------------------------------------------------------------------------------------------
+
+    def fit_survival(
+        self,
+        durations: Sequence[float],
+        events: Sequence[int],
+        covariates: Mapping[str, Sequence[float]],
+        *,
+        penalizer: float = 0.0,
+        ties: Literal["efron", "breslow"] = "efron",
+        alpha: float = 0.05,
+    ) -> SurvivalFitResponse:
+        """``POST /survival/fit``: fit a Cox model on the given rows (nothing is stored). A fit is a pure function
+        of its input, so it is retried like an idempotent call."""
+        body = {  # validated by the server, the one place that says what is acceptable
+            "durations": [float(d) for d in durations],
+            "events": [int(e) for e in events],
+            "covariates": {k: [float(x) for x in v] for k, v in covariates.items()},
+            "penalizer": penalizer,
+            "ties": ties,
+            "alpha": alpha,
+        }
+        data = self._request("POST", "/survival/fit", json=body, idempotent=True)
+        return SurvivalFitResponse.model_validate(data)
