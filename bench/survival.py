@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import pandas as pd
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import phase, row
+from common import OUT, POSTGRES_URL, phase, row
 from learnpulse.engines.survival import CoxPH
 
 SEED = 20240611
@@ -139,6 +140,59 @@ def _compare(
     return lines
 
 
+def _run_job(url: str, name: str, as_of: date) -> dict[str, Any]:
+    from learnpulse.jobs import REGISTRY
+    from learnpulse.jobs.runner import run_job
+    from learnpulse.settings import load_settings
+    from learnpulse.store.db import make_engine
+
+    result = run_job(REGISTRY[name], load_settings(database_url=url), make_engine(url), as_of=as_of)
+    return {"rows_written": result.rows_written, **result.summary}
+
+
+def _kpi_database(backend: str) -> str:
+    """The database bench/build_kpi.py built (50,000 students, build-kpi done up to the world's last day)."""
+    if backend == "sqlite":
+        path = OUT / "kpi.db"
+        if not path.exists():
+            raise SystemExit("run bench/build_kpi.py first: it leaves the 50,000-student database in bench/out")
+        return f"sqlite:///{path}"
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    with create_engine(POSTGRES_URL).connect() as conn:
+        schema = conn.execute(
+            text("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bench_kpi_%' ORDER BY nspname LIMIT 1")
+        ).scalar()
+    if schema is None:
+        raise SystemExit("run bench/build_kpi.py first: it leaves the 50,000-student schema bench_kpi_*")
+    return (
+        make_url(POSTGRES_URL)
+        .update_query_dict({"options": f"-csearch_path={schema}"})
+        .render_as_string(hide_password=False)
+    )
+
+
+def time_jobs(backends: list[str]) -> None:
+    """fit-survival-churn then detect-inactivity as of the world's last day, each in its own process."""
+    from learnpulse.synthetic import WorldParams
+
+    as_of = WorldParams(students=50_000, weeks=16, seed=7).end_date - timedelta(days=1)
+    lines = [row("backend", "job", "seconds", "peak MiB (client)", "summary"), row(*["---"] * 5)]
+    for backend in backends:
+        url = _kpi_database(backend)
+        total = 0.0
+        for name in ("fit-survival-churn", "detect-inactivity"):
+            summary, seconds, peak = phase(_run_job, url, name, as_of)
+            total += seconds
+            brief = ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list)))[:160]
+            lines.append(row(backend, name, f"{seconds:.1f}", f"{peak:,.0f}", brief))
+        lines.append(row(backend, "**both** (target <= 60 s)", f"{total:.1f}", "", "met" if total <= 60 else "missed"))
+        print("\n".join(lines[-3:]), flush=True)
+    print("\n## fit-survival-churn + detect-inactivity, 50,000 students x 16 weeks\n")
+    print("\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -147,7 +201,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-lifelines", action="store_true")
     parser.add_argument("--subset-rows", type=int, default=200_000)
     parser.add_argument("--subset-after", type=float, default=600.0, help="seconds of lifelines at full size")
+    parser.add_argument(
+        "--jobs",
+        default="",
+        help="also time fit-survival-churn + detect-inactivity on these backends (e.g. sqlite,postgres), on the "
+        "50,000-student databases that bench/build_kpi.py leaves behind",
+    )
+    parser.add_argument("--skip-engine", action="store_true")
     args = parser.parse_args(argv)
+    if args.jobs:
+        time_jobs(args.jobs.split(","))
+    if args.skip_engine:
+        return
     n, p = args.rows, args.covariates
 
     print(f"## Survival engine: Cox PH, {n:,} rows x {p} covariates, durations: {args.durations}\n")

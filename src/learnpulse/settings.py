@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from learnpulse.errors import ConfigError
@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     survival_event_threshold_days: int = Field(14, ge=1)
     survival_update_kpi: bool = True
 
+    # --- detect-inactivity ------------------------------------------------------------------------------------
+    inactivity_days: int = Field(7, ge=1)
+    # Churn-risk tiers on S: medium from INACTIVITY_TIER_MEDIUM, high from INACTIVITY_TIER_HIGH (0 < medium < high < 1).
+    inactivity_tier_medium: float = Field(0.25, gt=0, lt=1)
+    inactivity_tier_high: float = Field(0.5, gt=0, lt=1)
+
     # --- cluster-segments -------------------------------------------------------------------------------------
     cluster_lookback_weeks: int = Field(12, ge=1, le=520)
     cluster_n_clusters: int | None = Field(None, ge=2, le=50)
@@ -70,6 +76,14 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: object) -> object:
         # The original CronJobs set CLUSTER_N_CLUSTERS="" to mean "choose automatically".
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("inactivity_tier_high")
+    @classmethod
+    def _tiers_in_order(cls, value: float, info: ValidationInfo) -> float:
+        medium = info.data.get("inactivity_tier_medium")  # absent when medium itself was invalid
+        if medium is not None and not value > medium:
+            raise ValueError(f"must be greater than INACTIVITY_TIER_MEDIUM ({medium})")
+        return value
 
     @field_validator("learnpulse_timezone")
     @classmethod

@@ -116,6 +116,62 @@ weekly_kpi = Table(
     Column("kpi_run_id", Integer, nullable=True),  # job_run that last wrote the activity columns
 )
 
+# --- model results (each row carries the run_id of the job_run that wrote it) --------------------------------
+
+survival_fit_meta = Table(
+    "survival_fit_meta",
+    metadata,
+    # One fitted churn model (fit-survival-churn) per as-of date; a re-run for the same as-of replaces it.
+    Column("run_id", Integer, primary_key=True, autoincrement=False),
+    Column("as_of", Date, nullable=False, unique=True),
+    Column("lookback_days", Integer, nullable=False),  # SURVIVAL_LOOKBACK_DAYS
+    Column("threshold_days", Integer, nullable=False),  # SURVIVAL_EVENT_THRESHOLD_DAYS = the horizon of S
+    Column("landmarks", JSON, nullable=False),  # landmark dates with their rows and events
+    Column("formula", Text, nullable=False),
+    Column("covariates", JSON, nullable=False),  # name, unit, description (and those dropped, with why)
+    Column("coefficients", JSON, nullable=False),  # coef, se, hazard ratio and its interval, z, p per covariate
+    Column("n_rows", Integer, nullable=False),  # training landmark rows
+    Column("n_students", Integer, nullable=False),  # training students
+    Column("n_events", Integer, nullable=False),  # training events
+    Column("heldout", JSON, nullable=False),  # held-out students: rows, events, concordance
+    Column("concordance_train", Float, nullable=True),
+    Column("concordance_heldout", Float, nullable=True),  # Harrell's C of S on held-out students' rows
+    Column("calibration", JSON, nullable=False),  # predicted vs observed churn by decile (held-out)
+    Column("baseline", JSON, nullable=False),  # times and cumulative hazard at the training means
+    Column("standardization", JSON, nullable=False),  # training means and SDs of the covariates
+    Column("log_likelihood", Float, nullable=False),
+    Column("model", JSON, nullable=False),  # CoxPH.to_json(): what predict loads
+)
+
+survival_score = Table(
+    "survival_score",
+    metadata,
+    # Churn risk of every student at risk on the as-of date (fit-survival-churn).
+    Column("as_of", Date, primary_key=True),
+    Column("user_id", BigInteger, primary_key=True),
+    Column("run_id", Integer, nullable=False),
+    Column("s", Float, nullable=False),  # S: P(churn gap starts within threshold_days | active so far)
+    Column("linear_predictor", Float, nullable=False),  # log hazard ratio against the training means
+    Column("days_since_last_attempt", Integer, nullable=False),
+    Column("top_factors", JSON, nullable=False),  # covariates that raise the hazard most (why S is high)
+)
+
+inactivity_alert = Table(
+    "inactivity_alert",
+    metadata,
+    # One row per flagged student per day (detect-inactivity); a re-run for the same day replaces the day's rows.
+    Column("alert_date", Date, primary_key=True),
+    Column("user_id", BigInteger, primary_key=True),
+    Column("run_id", Integer, nullable=False),
+    Column("last_active_day", Date, nullable=False),
+    Column("days_inactive", Integer, nullable=False),
+    Column("s", Float, nullable=True),  # latest S on or before alert_date (NULL: not scored)
+    Column("s_as_of", Date, nullable=True),  # the as-of date of that S
+    Column("tier", String(16), nullable=False),  # high | medium | low | churned | unscored
+    Column("reasons", JSON, nullable=False),  # why the student is flagged
+    Column("top_factors", JSON, nullable=True),  # from survival_score, when scored
+)
+
 # --- operations ----------------------------------------------------------------------------------------------
 
 job_run = Table(
@@ -205,3 +261,4 @@ sim_anomaly = Table(
 
 SIM_TABLES = (sim_world, sim_student, sim_item, sim_student_week, sim_anomaly)
 DERIVED_TABLES = (features_topic_daily, weekly_kpi)
+SURVIVAL_TABLES = (survival_fit_meta, survival_score, inactivity_alert)

@@ -1,0 +1,274 @@
+"""fit-survival-churn: the churn model (Cox proportional hazards on landmark rows) and churn risk ``S``.
+
+One run, as of date ``A`` (``T`` = ``SURVIVAL_EVENT_THRESHOLD_DAYS``; definitions in :mod:`learnpulse.churn`):
+
+1. check that build-kpi has built day ``A`` (the activity comes from its ``features_topic_daily``);
+2. landmarks ``A - T``, ``A - T - 7``, ... within the last ``SURVIVAL_LOOKBACK_DAYS`` days; one row per landmark
+   and student at risk there, covariates from days up to the landmark, outcome = days until a churn gap begins,
+   censored at what the data can tell and at the horizon ``T``;
+3. split by student (a fixed hash of ``user_id``): 20% held out. Fewer than 10 training events per covariate is an
+   ``InsufficientDataError``: the run fails, is recorded as failed, and the previous model stays the latest;
+4. fit :class:`~learnpulse.engines.survival.CoxPH` on the training students' rows. Rows of one student at
+   different landmarks are correlated; the point estimates are consistent regardless (each landmark's rows are a
+   valid Cox sample), but the model-based standard errors are too small by an unknown factor (no cluster-robust
+   SE yet), as survival_fit_meta notes;
+5. evaluate on the held-out students: Harrell's C of S, and predicted vs observed churn within ``T`` days by
+   decile of S on held-out rows with the full ``T``-day follow-up;
+6. score every student at risk at ``A``: ``S = P(a churn gap begins within the next T days | x)`` =
+   ``model.predict_event_probability(x, at=0, horizon=T)`` on the landmark clock, with each student's top
+   contributing covariates; store the model (``survival_fit_meta``), the scores (``survival_score``) and, when
+   ``SURVIVAL_UPDATE_KPI`` is true, ``weekly_kpi.s`` of the week containing ``A``.
+
+All writes go through the run's one transaction and replace the rows of the same as-of date.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from learnpulse import churn
+from learnpulse.engines.survival import CoxPH, concordance_index
+from learnpulse.errors import InsufficientDataError
+from learnpulse.jobs.base import Job, JobContext, JobOutcome
+from learnpulse.schedule import BY_NAME, cron_of
+from learnpulse.store import survival as store
+
+NAME = "fit-survival-churn"
+HELDOUT_FRACTION = 0.2
+MIN_EVENTS_PER_COVARIATE = 10
+TOP_FACTORS = 3
+CALIBRATION_GROUPS = 10
+
+
+def require_kpi_through(ctx: JobContext) -> None:
+    """The churn data come from build-kpi's tables: they must cover the as-of date."""
+    built = store.kpi_built_through(ctx.conn)
+    if built is None or built < ctx.as_of:
+        raise InsufficientDataError(
+            f"build-kpi has {'never run' if built is None else f'built days up to {built} only'}; "
+            f"run `learnpulse run build-kpi --as-of {ctx.as_of}` first",
+            {"as_of": ctx.as_of.isoformat(), "kpi_built_through": built.isoformat() if built else None},
+        )
+
+
+def _previous_model(ctx: JobContext) -> str:
+    previous = store.latest_fit(ctx.conn)
+    if previous is None:
+        return "there is no previous model"
+    return f"the previous model (as of {previous['as_of']}, run {previous['run_id']}) stays in use"
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe: non-finite floats become None (recursively)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _concordance(rows: pd.DataFrame, scores: np.ndarray[Any, Any]) -> float | None:
+    if len(rows) == 0 or rows["event"].sum() == 0:
+        return None
+    try:
+        return float(concordance_index(rows["duration"], rows["event"], scores))
+    except InsufficientDataError:
+        return None
+
+
+def run(ctx: JobContext) -> JobOutcome:
+    settings = ctx.settings
+    as_of = ctx.as_of
+    t = settings.survival_event_threshold_days
+    require_kpi_through(ctx)
+    landmarks = churn.landmark_dates(as_of, lookback_days=settings.survival_lookback_days, threshold_days=t)
+    if not landmarks:
+        raise InsufficientDataError(
+            f"SURVIVAL_LOOKBACK_DAYS={settings.survival_lookback_days} leaves no landmark with follow-up: a landmark "
+            f"needs {t} days after it (SURVIVAL_EVENT_THRESHOLD_DAYS); use a lookback above {t} days",
+            {"lookback_days": settings.survival_lookback_days, "threshold_days": t},
+        )
+    start = churn.history_start(landmarks, t)
+    ctx.say(f"loading activity {start} .. {as_of} for {len(landmarks)} landmarks")
+    activity = churn.DailyActivity.from_frames(
+        store.load_daily_activity(ctx.conn, start=start, end=as_of),
+        store.load_first_days(ctx.conn, end=as_of),
+        start=start,
+        end=as_of,
+    )
+    rows = churn.landmark_rows(activity, landmarks, threshold_days=t)
+    held = churn.heldout_students(rows["user_id"].to_numpy(), HELDOUT_FRACTION)
+    train, test = rows[~held], rows[held]
+
+    names = [n for n in churn.COVARIATE_NAMES if len(train) > 1 and np.ptp(train[n].to_numpy()) > 0]
+    dropped = [n for n in churn.COVARIATE_NAMES if n not in names]
+    events = int(train["event"].sum())
+    needed = MIN_EVENTS_PER_COVARIATE * (len(names) or len(churn.COVARIATE_NAMES))
+    if events < needed or not names:
+        raise InsufficientDataError(
+            f"too few churn events to fit the survival model: {events} in {len(train)} training rows "
+            f"({train['user_id'].nunique()} students, landmarks {landmarks[-1]} .. {landmarks[0]}); need at least "
+            f"{needed} ({MIN_EVENTS_PER_COVARIATE} per covariate); {_previous_model(ctx)}",
+            {"events": events, "needed": needed, "rows": len(train), "as_of": as_of.isoformat()},
+        )
+    ctx.say(f"fitting on {len(train)} rows ({events} events), {len(names)} covariates")
+    model = CoxPH().fit(train["duration"], train["event"], train[names])
+
+    # --- held-out evaluation ------------------------------------------------------------------------------------
+    s_test = model.predict_event_probability(test[names], at=0, horizon=t) if len(test) else np.zeros(0)
+    c_heldout = _concordance(test, s_test)
+    full = (test["landmark"] <= as_of - timedelta(days=2 * t - 1)).to_numpy()  # full T-day follow-up
+    observed = ((test["event"] == 1) & (test["duration"] <= t)).to_numpy()[full]
+    calibration = churn.calibration_table(s_test[full], observed, CALIBRATION_GROUPS)
+
+    # --- scores at the as-of date -------------------------------------------------------------------------------
+    current = churn.at_risk_covariates(activity, as_of, threshold_days=t)
+    if len(current):
+        s_now = model.predict_event_probability(current[names], at=0, horizon=t)
+        lp_now = model.linear_predictor(current[names])
+        factors = churn.top_factors(model.contributions(current[names]), current, TOP_FACTORS)
+    else:
+        s_now, lp_now, factors = np.zeros(0), np.zeros(0), []
+    scores = pd.DataFrame(
+        {
+            "user_id": current["user_id"].to_numpy(dtype=np.int64),
+            "run_id": ctx.run_id,
+            "s": s_now,
+            "linear_predictor": lp_now,
+            "days_since_last_attempt": current["days_since_last_attempt"].to_numpy(dtype=np.int64),
+            "top_factors": factors,
+        }
+    )
+
+    meta = _meta_row(
+        ctx,
+        model=model,
+        names=names,
+        dropped=dropped,
+        rows=rows,
+        train=train,
+        test=test,
+        landmarks=landmarks,
+        c_heldout=c_heldout,
+        calibration=calibration,
+    )
+    store.replace_fit(ctx.conn, meta)
+    written = 1 + store.replace_scores(ctx.conn, as_of, scores)
+    kpi_rows = store.write_weekly_s(ctx.conn, as_of) if settings.survival_update_kpi else 0
+    written += kpi_rows
+    gap = churn.mean_calibration_gap(calibration)
+    ctx.say(f"held-out C = {c_heldout}, calibration gap = {gap}; scored {len(scores)} students")
+    return JobOutcome(
+        rows_written=written,
+        summary={
+            "landmarks": len(landmarks),
+            "rows": len(train),
+            "events": events,
+            "concordance_heldout": c_heldout,
+            "calibration_gap": gap,
+            "scored": len(scores),
+            "weekly_kpi_rows": kpi_rows,
+        },
+    )
+
+
+def _meta_row(
+    ctx: JobContext,
+    *,
+    model: CoxPH,
+    names: list[str],
+    dropped: list[str],
+    rows: pd.DataFrame,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    landmarks: list[date],
+    c_heldout: float | None,
+    calibration: list[dict[str, Any]],
+) -> dict[str, Any]:
+    t = ctx.settings.survival_event_threshold_days
+    by_name = {c.name: c for c in churn.COVARIATES}
+    summary = model.summary()
+    coefficients = [
+        {"covariate": name, "unit": by_name[name].unit, **{str(k): v for k, v in summary.loc[name].items()}}
+        for name in names
+    ]
+    per_landmark = rows.groupby("landmark").agg(rows=("event", "size"), events=("event", "sum"))
+    last_start = ctx.as_of - timedelta(days=t - 1)
+    landmark_info = [
+        {
+            "landmark": lm.isoformat(),
+            "rows": int(per_landmark["rows"].get(lm, 0)),
+            "events": int(per_landmark["events"].get(lm, 0)),
+            "follow_up_days": min((last_start - lm).days, t),
+        }
+        for lm in landmarks
+    ]
+    assert model.baseline_times_ is not None and model.baseline_cumulative_hazard_ is not None
+    assert model.means_ is not None and model.scales_ is not None
+    row = {
+        "run_id": ctx.run_id,
+        "as_of": ctx.as_of,
+        "lookback_days": ctx.settings.survival_lookback_days,
+        "threshold_days": t,
+        "landmarks": landmark_info,
+        "formula": f"Surv(t, churn) ~ {' + '.join(names)}",
+        "covariates": {
+            "used": [by_name[n].to_json() for n in names],
+            "dropped": [{"name": n, "reason": "constant in the training rows"} for n in dropped],
+            "recent_window_days": churn.recent_days(t),
+            "horizon_days": t,
+            "landmark_spacing_days": churn.LANDMARK_SPACING_DAYS,
+            "standard_errors": "model-based; rows of one student at several landmarks are correlated, so they "
+            "understate the uncertainty",
+        },
+        "coefficients": coefficients,
+        "n_rows": len(train),
+        "n_students": int(train["user_id"].nunique()),
+        "n_events": int(train["event"].sum()),
+        "heldout": {
+            "fraction": HELDOUT_FRACTION,
+            "split": "splitmix64(user_id) below the fraction",
+            "students": int(test["user_id"].nunique()),
+            "rows": len(test),
+            "events": int(test["event"].sum()),
+            "concordance": c_heldout,
+        },
+        "concordance_train": model.concordance_,
+        "concordance_heldout": c_heldout,
+        "calibration": {
+            "rows": "held-out landmark rows with the full follow-up (landmark <= as_of - 2T + 1)",
+            "observed": "a churn gap began within T days of the landmark",
+            "groups": calibration,
+            "mean_abs_gap": churn.mean_calibration_gap(calibration),
+        },
+        "baseline": {
+            "times": [float(v) for v in model.baseline_times_],
+            "cumulative_hazard": [float(v) for v in model.baseline_cumulative_hazard_],
+            "at": "the training means of the covariates",
+        },
+        "standardization": {
+            "means": dict(zip(names, (float(v) for v in model.means_), strict=True)),
+            "scales": dict(zip(names, (float(v) for v in model.scales_), strict=True)),
+        },
+        "log_likelihood": model.log_likelihood_,
+        "model": model.to_json(),
+    }
+    return {k: _finite(v) for k, v in row.items()}
+
+
+FIT_SURVIVAL_CHURN = Job(
+    name=NAME,
+    run=run,
+    schedule=cron_of(NAME),
+    description=BY_NAME[NAME].description,
+    settings=("SURVIVAL_LOOKBACK_DAYS", "SURVIVAL_EVENT_THRESHOLD_DAYS", "SURVIVAL_UPDATE_KPI"),
+)
