@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import Engine, Table, func, insert, select
+from sqlalchemy import Connection, Engine, Table, func, insert, select
 
 from learnpulse.errors import ConflictError, InvalidInputError
 from learnpulse.store.db import make_engine, transaction
 from learnpulse.store.schema import upgrade
 from learnpulse.store.tables import (
+    SURVIVAL_TABLES,
     attempt,
     ingest_batch,
     job_state,
@@ -375,6 +376,7 @@ def test_a_different_world_needs_replace_which_clears_everything_derived(engine:
             )
         )
         conn.execute(insert(job_state).values(job="build-kpi", state={"watermark": 1}, updated_at=datetime.now(UTC)))
+        _insert_churn_results(conn)
 
     with pytest.raises(ConflictError, match="--replace") as info:
         save_world(engine, new)
@@ -386,9 +388,48 @@ def test_a_different_world_needs_replace_which_clears_everything_derived(engine:
     assert count(engine, attempt) == len(new.attempts)
     assert count(engine, sim_student) == count(engine, user_goal) == 80
     assert count(engine, weekly_kpi) == count(engine, job_state) == 0
+    assert {t.name: count(engine, t) for t in SURVIVAL_TABLES} == dict.fromkeys((t.name for t in SURVIVAL_TABLES), 0)
     assert count(engine, ingest_batch) == 1
     assert world_is_present(engine, new_params) and not world_is_present(engine, SMALL)
     pd.testing.assert_frame_equal(stored_attempts(engine).drop(columns="batch_id"), new.attempts)
+
+
+def _insert_churn_results(conn: Connection) -> None:
+    """One row in each table of the churn model (a stored fit, a score, an alert) of the old world."""
+    day = date(2026, 4, 1)
+    fit_meta, score, alert = SURVIVAL_TABLES
+    json_columns = {"landmarks", "covariates", "coefficients", "heldout", "calibration", "baseline"}
+    conn.execute(
+        insert(fit_meta).values(
+            run_id=1,
+            as_of=day,
+            lookback_days=90,
+            threshold_days=14,
+            formula="Surv(t, churn) ~ x",
+            n_rows=10,
+            n_students=5,
+            n_events=2,
+            log_likelihood=-1.0,
+            standardization={},
+            model={},
+            **{key: [] for key in json_columns},
+        )
+    )
+    conn.execute(
+        insert(score).values(
+            as_of=day, user_id=1, run_id=1, s=0.5, linear_predictor=0.1, days_since_last_attempt=2, top_factors=[]
+        )
+    )
+    conn.execute(
+        insert(alert).values(
+            alert_date=day, user_id=1, run_id=2, last_active_day=day, days_inactive=0, tier="high", reasons=[]
+        )
+    )
+    assert all(count_in(conn, t) == 1 for t in SURVIVAL_TABLES)
+
+
+def count_in(conn: Connection, table: Table) -> int:
+    return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
 
 
 def test_attempts_that_are_not_a_generated_world_are_never_overwritten_silently(engine: Engine) -> None:

@@ -33,7 +33,13 @@ from typing import Any, Literal, Self
 import httpx
 
 from learnpulse.api.schemas import Health, JobRun, JobStatus, KpiWeek, Page, Readiness
-from learnpulse.api.survival_schemas import SurvivalFitResponse
+from learnpulse.api.survival_schemas import (
+    AlertTier,
+    ChurnModel,
+    InactivityAlert,
+    SurvivalFitResponse,
+    SurvivalPredictResponse,
+)
 from learnpulse.errors import LearnpulseError
 
 __all__ = [
@@ -318,3 +324,57 @@ class Client:
         }
         data = self._request("POST", "/survival/fit", json=body, idempotent=True)
         return SurvivalFitResponse.model_validate(data)
+
+    def predict_survival(
+        self,
+        user_ids: Sequence[int] | None = None,
+        *,
+        covariates: Mapping[str, Sequence[float]] | None = None,
+        as_of: date | str | None = None,
+        at: float | None = None,
+        horizon_days: float | None = None,
+    ) -> SurvivalPredictResponse:
+        """``POST /survival/predict``: churn risk S from the latest stored model, for students (``user_ids``, at
+        ``as_of``; default the last day build-kpi has built) or for covariate rows (``covariates``, with ``at`` and
+        ``horizon_days``). Pass exactly one of ``user_ids`` and ``covariates``. A pure read: retried like an
+        idempotent call."""
+        body: dict[str, Any] = {
+            "user_ids": None if user_ids is None else [int(u) for u in user_ids],
+            "as_of": _date_param(as_of),
+            "covariates": None if covariates is None else {k: [float(x) for x in v] for k, v in covariates.items()},
+            "at": at,
+            "horizon_days": horizon_days,
+        }
+        body = {k: v for k, v in body.items() if v is not None}
+        data = self._request("POST", "/survival/predict", json=body, idempotent=True)
+        return SurvivalPredictResponse.model_validate(data)
+
+    def survival_model(self, include_model: bool = False) -> ChurnModel:
+        """``GET /survival/model``: the latest stored churn model (``NotFound`` when there is none yet);
+        ``include_model`` adds the model itself (``CoxPH.from_json`` loads it)."""
+        params = {"include_model": "true" if include_model else None}
+        return ChurnModel.model_validate(self._request("GET", "/survival/model", params=params))
+
+    def alerts(
+        self,
+        date: date | str | None = None,
+        tier: AlertTier | None = None,
+        *,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[InactivityAlert]:
+        """``GET /alerts``: one page of a day's inactivity alerts (default: the latest day), riskiest first."""
+        params = {"date": _date_param(date), "tier": tier, "limit": limit, "cursor": cursor}
+        return Page[InactivityAlert].model_validate(self._request("GET", "/alerts", params=params))
+
+    def iter_alerts(
+        self, date: date | str | None = None, tier: AlertTier | None = None, *, limit: int = 100
+    ) -> Iterator[InactivityAlert]:
+        """Every alert of the day matching the filters, riskiest first, following the cursors."""
+        cursor: str | None = None
+        while True:
+            page = self.alerts(date, tier, limit=limit, cursor=cursor)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor

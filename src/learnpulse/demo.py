@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import text
 
+from learnpulse.errors import InsufficientDataError
 from learnpulse.settings import Settings
+from learnpulse.store import survival
 from learnpulse.store.db import make_engine, safe_url
 from learnpulse.store.schema import upgrade
 from learnpulse.synthetic import WorldParams
 
 SEED = 42
+TOP_RISK = 10
 
 
 def run_demo(
@@ -43,12 +46,47 @@ def run_demo(
     step("generate", lambda: generate(settings, students=students, weeks=weeks, seed=SEED, replace=False))
     as_of = params.end_date - timedelta(days=1)  # the world's last day: jobs see all of it
     step("build-kpi", lambda: run_job(settings, "build-kpi", as_of, {}))
+    # Churn risk at the same as-of date; both jobs replace their rows of that date, so a re-run adds nothing.
+    # Too few churn events (a tiny school) is reported and the demo goes on: detect-inactivity then flags by days.
+    step("fit-survival-churn", lambda: _unless_insufficient(lambda: run_job(settings, "fit-survival-churn", as_of, {})))
+    step("detect-inactivity", lambda: run_job(settings, "detect-inactivity", as_of, {}))
 
     steps = Table("step", "seconds", "result", title="pipeline")
     for name, seconds, summary in timings:
         steps.add_row(name, f"{seconds:.2f}", summary)
     console.print(steps)
     console.print(_weekly_summary(engine))
+    with engine.connect() as conn:
+        riskiest = survival.highest_risk(conn, as_of, TOP_RISK)
+    if riskiest:
+        console.print(_risk_table(riskiest, as_of, settings.survival_event_threshold_days))
+    else:
+        console.print(f"no churn scores as of {as_of}: no churn model could be fitted (see fit-survival-churn above)")
+    engine.dispose()
+
+
+def _unless_insufficient(run: Callable[[], Any]) -> Any:
+    try:
+        return run()
+    except InsufficientDataError as exc:
+        return f"not fitted: {exc.message}"
+
+
+def _risk_table(rows: list[dict[str, Any]], as_of: date, threshold_days: int) -> Table:
+    table = Table(
+        "user_id",
+        "S",
+        "days inactive",
+        "tier",
+        "top factors (hazard ratio)",
+        title=f"highest churn risk as of {as_of} (S: chance that {threshold_days} days without an attempt begin "
+        f"within {threshold_days} days)",
+    )
+    for row in rows:
+        factors = ", ".join(f"{f['covariate']} {f['value']:.3g} (x{f['hazard_ratio']:.2f})" for f in row["top_factors"])
+        tier = row["tier"] or "not flagged"
+        table.add_row(str(row["user_id"]), f"{row['s']:.3f}", str(row["days_since_last_attempt"]), tier, factors)
+    return table
 
 
 def _short(result: Any) -> str:
@@ -56,8 +94,10 @@ def _short(result: Any) -> str:
         if result.already_present:
             return "world already stored (skipped)"
         return f"{result.students:,} students, {result.items:,} items, {result.attempts:,} attempts"
+    if isinstance(result, str):
+        return result
     if hasattr(result, "summary") and isinstance(result.summary, dict):
-        return ", ".join(f"{k}={v}" for k, v in result.summary.items())
+        return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.summary.items())
     return str(result)[:100]
 
 

@@ -25,11 +25,13 @@ All writes go through the run's one transaction and replace the rows of the same
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from sqlalchemy import Connection
 
 from learnpulse import churn
 from learnpulse.engines.survival import CoxPH, concordance_index
@@ -47,13 +49,68 @@ CALIBRATION_GROUPS = 10
 
 def require_kpi_through(ctx: JobContext) -> None:
     """The churn data come from build-kpi's tables: they must cover the as-of date."""
-    built = store.kpi_built_through(ctx.conn)
-    if built is None or built < ctx.as_of:
+    check_kpi_through(ctx.conn, ctx.as_of)
+
+
+def check_kpi_through(conn: Connection, as_of: date) -> None:
+    """``InsufficientDataError`` unless build-kpi has built the days up to ``as_of``."""
+    built = store.kpi_built_through(conn)
+    if built is None or built < as_of:
         raise InsufficientDataError(
             f"build-kpi has {'never run' if built is None else f'built days up to {built} only'}; "
-            f"run `learnpulse run build-kpi --as-of {ctx.as_of}` first",
-            {"as_of": ctx.as_of.isoformat(), "kpi_built_through": built.isoformat() if built else None},
+            f"run `learnpulse run build-kpi --as-of {as_of}` first",
+            {"as_of": as_of.isoformat(), "kpi_built_through": built.isoformat() if built else None},
         )
+
+
+def load_activity(
+    conn: Connection, *, start: date, end: date, user_ids: Sequence[int] | None = None
+) -> churn.DailyActivity:
+    """The activity of days ``start .. end`` (``end``: the as-of date), of every student or of ``user_ids`` only
+    (each student's covariates and outcome depend on their own days alone, so a subset changes no value)."""
+    return churn.DailyActivity.from_frames(
+        store.load_daily_activity(conn, start=start, end=end, user_ids=user_ids),
+        store.load_first_days(conn, end=end, user_ids=user_ids),
+        start=start,
+        end=end,
+    )
+
+
+def current_covariates(
+    conn: Connection, as_of: date, *, lookback_days: int, threshold_days: int, user_ids: Sequence[int] | None = None
+) -> pd.DataFrame:
+    """``user_id`` and the covariates at landmark ``as_of`` of the students at risk there (all, or those of
+    ``user_ids``), computed as a run of the job with these settings computes them when it scores, from the same
+    days of data (a student's row depends on their own days alone, so a subset of students changes no value)."""
+    landmarks = churn.landmark_dates(as_of, lookback_days=lookback_days, threshold_days=threshold_days)
+    start = (
+        churn.history_start(landmarks, threshold_days)
+        if landmarks
+        else as_of - timedelta(days=churn.recent_days(threshold_days) - 1)
+    )
+    activity = load_activity(conn, start=start, end=as_of, user_ids=user_ids)
+    return churn.at_risk_covariates(activity, as_of, threshold_days=threshold_days)
+
+
+def score(model: CoxPH, current: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
+    """S of the rows of ``current`` (``user_id`` and covariates at the scoring landmark): ``user_id, s,
+    linear_predictor, days_since_last_attempt, top_factors``. ``S = P(t <= horizon | x)`` on the landmark clock."""
+    names = list(model.feature_names_ or [])
+    if len(current):
+        s_now = model.predict_event_probability(current[names], at=0, horizon=horizon_days)
+        lp_now = model.linear_predictor(current[names])
+        factors = churn.top_factors(model.contributions(current[names]), current, TOP_FACTORS)
+    else:
+        s_now, lp_now, factors = np.zeros(0), np.zeros(0), []
+    return pd.DataFrame(
+        {
+            "user_id": current["user_id"].to_numpy(dtype=np.int64),
+            "s": s_now,
+            "linear_predictor": lp_now,
+            "days_since_last_attempt": current["days_since_last_attempt"].to_numpy(dtype=np.int64),
+            "top_factors": factors,
+        }
+    )
 
 
 def _previous_model(ctx: JobContext) -> str:
@@ -99,12 +156,7 @@ def run(ctx: JobContext) -> JobOutcome:
         )
     start = churn.history_start(landmarks, t)
     ctx.say(f"loading activity {start} .. {as_of} for {len(landmarks)} landmarks")
-    activity = churn.DailyActivity.from_frames(
-        store.load_daily_activity(ctx.conn, start=start, end=as_of),
-        store.load_first_days(ctx.conn, end=as_of),
-        start=start,
-        end=as_of,
-    )
+    activity = load_activity(ctx.conn, start=start, end=as_of)
     rows = churn.landmark_rows(activity, landmarks, threshold_days=t)
     held = churn.heldout_students(rows["user_id"].to_numpy(), HELDOUT_FRACTION)
     train, test = rows[~held], rows[held]
@@ -132,22 +184,10 @@ def run(ctx: JobContext) -> JobOutcome:
 
     # --- scores at the as-of date -------------------------------------------------------------------------------
     current = churn.at_risk_covariates(activity, as_of, threshold_days=t)
-    if len(current):
-        s_now = model.predict_event_probability(current[names], at=0, horizon=t)
-        lp_now = model.linear_predictor(current[names])
-        factors = churn.top_factors(model.contributions(current[names]), current, TOP_FACTORS)
-    else:
-        s_now, lp_now, factors = np.zeros(0), np.zeros(0), []
-    scores = pd.DataFrame(
-        {
-            "user_id": current["user_id"].to_numpy(dtype=np.int64),
-            "run_id": ctx.run_id,
-            "s": s_now,
-            "linear_predictor": lp_now,
-            "days_since_last_attempt": current["days_since_last_attempt"].to_numpy(dtype=np.int64),
-            "top_factors": factors,
-        }
-    )
+    scored = score(model, current, t)  # the model's covariates are `names`
+    scores = scored.assign(run_id=ctx.run_id)[
+        ["user_id", "run_id", "s", "linear_predictor", "days_since_last_attempt", "top_factors"]
+    ]
 
     meta = _meta_row(
         ctx,

@@ -10,23 +10,34 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import date
+from collections.abc import Sequence
+from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from sqlalchemy import Connection, delete, desc, insert, select, text
+from sqlalchemy import Connection, and_, delete, desc, insert, or_, select, text
 
 from learnpulse.store import runs
 from learnpulse.store.buckets import date_param, week_start
 from learnpulse.store.bulk import insert_frame
 from learnpulse.store.kpi import KpiState
-from learnpulse.store.tables import inactivity_alert, survival_fit_meta, survival_score
+from learnpulse.store.reads import Slice
+from learnpulse.store.tables import (
+    attempt,
+    inactivity_alert,
+    survival_fit_meta,
+    survival_score,
+    user_goal,
+    weekly_kpi,
+)
 
 BUILD_KPI = "build-kpi"
 _FETCH_ROWS = 250_000
+_IN_CHUNK = 500  # ids per IN (...) list
+EPOCH = date(1970, 1, 1)
 
 
 def _day_number_sql(dialect: str, column: str) -> str:
@@ -46,9 +57,11 @@ def kpi_built_through(conn: Connection) -> date | None:
 # --- activity --------------------------------------------------------------------------------------------------
 
 
-def load_daily_activity(conn: Connection, *, start: date, end: date) -> pd.DataFrame:
+def load_daily_activity(
+    conn: Connection, *, start: date, end: date, user_ids: Sequence[int] | None = None
+) -> pd.DataFrame:
     """One row per student and active local day in ``start .. end``: ``user_id, day`` (day number), ``attempts,
-    correct, time_spent_s`` (summed over topics)."""
+    correct, time_spent_s`` (summed over topics). ``user_ids``: only those students (None: all)."""
     dialect = conn.dialect.name
     return _numeric_frame(
         conn,
@@ -56,21 +69,22 @@ def load_daily_activity(conn: Connection, *, start: date, end: date) -> pd.DataF
         SELECT user_id, {_day_number_sql(dialect, "day")} AS day,
                SUM(attempts) AS attempts, SUM(correct) AS correct, SUM(time_spent_s) AS time_spent_s
         FROM features_topic_daily
-        WHERE day BETWEEN {_date_literal(dialect, start)} AND {_date_literal(dialect, end)}
+        WHERE day BETWEEN {_date_literal(dialect, start)} AND {_date_literal(dialect, end)}{_users_sql(user_ids)}
         GROUP BY user_id, day
         """,
         {"user_id": np.int64, "day": np.int64, "attempts": np.int64, "correct": np.int64, "time_spent_s": np.float64},
     )
 
 
-def load_first_days(conn: Connection, *, end: date) -> pd.DataFrame:
-    """Every student's first active local day on or before ``end``: ``user_id, first_day`` (day number)."""
+def load_first_days(conn: Connection, *, end: date, user_ids: Sequence[int] | None = None) -> pd.DataFrame:
+    """Every student's first active local day on or before ``end``: ``user_id, first_day`` (day number).
+    ``user_ids``: only those students (None: all)."""
     dialect = conn.dialect.name
     return _numeric_frame(
         conn,
         f"""
         SELECT user_id, {_day_number_sql(dialect, "MIN(day)")} AS first_day
-        FROM features_topic_daily WHERE day <= {_date_literal(dialect, end)} GROUP BY user_id
+        FROM features_topic_daily WHERE day <= {_date_literal(dialect, end)}{_users_sql(user_ids)} GROUP BY user_id
         """,
         {"user_id": np.int64, "first_day": np.int64},
     )
@@ -89,6 +103,45 @@ def load_last_active_days(conn: Connection, *, start: date, end: date) -> pd.Dat
         """,
         {"user_id": np.int64, "last_day": np.int64},
     )
+
+
+def load_last_days_of(conn: Connection, user_ids: Sequence[int], *, end: date) -> dict[int, date]:
+    """The last active local day on or before ``end`` of each of ``user_ids`` that has one."""
+    dialect = conn.dialect.name
+    frame = _numeric_frame(
+        conn,
+        f"""
+        SELECT user_id, {_day_number_sql(dialect, "MAX(day)")} AS last_day
+        FROM features_topic_daily WHERE day <= {_date_literal(dialect, end)}{_users_sql(user_ids)} GROUP BY user_id
+        """,
+        {"user_id": np.int64, "last_day": np.int64},
+    )
+    return {
+        int(u): EPOCH + timedelta(days=int(d))
+        for u, d in zip(frame["user_id"].to_numpy(), frame["last_day"].to_numpy(), strict=True)
+    }
+
+
+def known_students(conn: Connection, user_ids: Sequence[int]) -> set[int]:
+    """Those of ``user_ids`` the store knows: with an attempt (at any time), a goal or a ``weekly_kpi`` row."""
+    wanted = sorted({int(u) for u in user_ids})
+    found: set[int] = set()
+    for table in (attempt, user_goal, weekly_kpi):
+        for chunk in range(0, len(wanted), _IN_CHUNK):
+            part = wanted[chunk : chunk + _IN_CHUNK]
+            found.update(
+                int(u) for u in conn.execute(select(table.c.user_id).where(table.c.user_id.in_(part))).scalars()
+            )
+    return found
+
+
+def _users_sql(user_ids: Sequence[int] | None) -> str:
+    """`` AND user_id IN (...)`` for a list of ids (integers, so nothing foreign reaches the SQL text); empty for
+    None. The ids are written into the statement because PostgreSQL's ``COPY (query)`` takes no parameters."""
+    if user_ids is None:
+        return ""
+    ids = sorted({int(u) for u in user_ids})
+    return f" AND user_id IN ({', '.join(str(u) for u in ids)})" if ids else " AND 1 = 0"
 
 
 def _date_literal(dialect: str, value: date) -> str:
@@ -225,6 +278,54 @@ def replace_alerts(conn: Connection, alert_date: date, alerts: pd.DataFrame) -> 
     frame = alerts.assign(alert_date=alert_date, reasons=[_json(v) for v in alerts["reasons"]])
     frame["top_factors"] = pd.Series(factors, index=frame.index, dtype=object)
     return insert_frame(conn, inactivity_alert, frame, columns=[c.name for c in inactivity_alert.columns])
+
+
+def latest_alert_date(conn: Connection) -> date | None:
+    """The latest day with alerts (None: no alerts yet)."""
+    value = conn.execute(select(inactivity_alert.c.alert_date).order_by(desc(inactivity_alert.c.alert_date)).limit(1))
+    return value.scalar()
+
+
+def alerts_page(
+    conn: Connection,
+    *,
+    alert_date: date,
+    tier: str | None,
+    after: tuple[float | None, int] | None,
+    limit: int,
+) -> Slice:
+    """One page of the alerts of ``alert_date`` (optionally of one tier), riskiest first: ``s`` descending with
+    unscored students (``s`` NULL) last, then ``user_id`` ascending. ``after`` is the ``(s, user_id)`` of the
+    previous page's last row (keyset pagination)."""
+    a = inactivity_alert.c
+    query = select(inactivity_alert).where(a.alert_date == alert_date)
+    if tier is not None:
+        query = query.where(a.tier == tier)
+    if after is not None:
+        s, user_id = after
+        if s is None:
+            query = query.where(a.s.is_(None), a.user_id > user_id)
+        else:
+            query = query.where(or_(a.s < s, and_(a.s == s, a.user_id > user_id), a.s.is_(None)))
+    query = query.order_by(a.s.desc().nulls_last(), a.user_id).limit(limit + 1)
+    rows = conn.execute(query).mappings().all()
+    return Slice(rows[:limit], len(rows) > limit)
+
+
+def highest_risk(conn: Connection, as_of: date, limit: int = 10) -> list[dict[str, Any]]:
+    """The ``limit`` students with the highest S of ``as_of`` (``survival_score``), with that day's alert tier
+    (None: not flagged): ``user_id, s, days_since_last_attempt, top_factors, tier``."""
+    sc, al = survival_score.c, inactivity_alert.c
+    query = (
+        select(sc.user_id, sc.s, sc.days_since_last_attempt, sc.top_factors, al.tier)
+        .select_from(
+            survival_score.outerjoin(inactivity_alert, and_(al.alert_date == sc.as_of, al.user_id == sc.user_id))
+        )
+        .where(sc.as_of == as_of)
+        .order_by(sc.s.desc(), sc.user_id)
+        .limit(limit)
+    )
+    return [dict(row) for row in conn.execute(query).mappings()]
 
 
 def _json(value: Any) -> str:

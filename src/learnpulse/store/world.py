@@ -20,6 +20,7 @@ from learnpulse.store.bulk import insert_frame
 from learnpulse.store.db import is_sqlite, transaction
 from learnpulse.store.tables import (
     SIM_TABLES,
+    SURVIVAL_TABLES,
     attempt,
     features_topic_daily,
     ingest_batch,
@@ -37,13 +38,15 @@ from learnpulse.synthetic import World, WorldParams, truth_parameters
 WORLD_ID = 1
 ATTEMPT_SLICE = 1_000_000  # rows of the attempts frame copied (to add batch_id) at a time
 
-# Everything a new world replaces: the source data, what was derived from it, job watermarks and the old truth.
+# Everything a new world replaces: the source data, what was derived from it (KPIs, churn models, scores and
+# alerts), job watermarks and the old truth.
 REPLACED_TABLES: tuple[Table, ...] = (
     attempt,
     user_goal,
     ingest_batch,
     features_topic_daily,
     weekly_kpi,
+    *SURVIVAL_TABLES,
     job_state,
     *SIM_TABLES,
 )
