@@ -25,10 +25,10 @@ from __future__ import annotations
 import email.utils
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 import httpx
 
@@ -41,6 +41,8 @@ from learnpulse.api.survival_schemas import (
     SurvivalPredictResponse,
 )
 from learnpulse.errors import LearnpulseError
+
+T = TypeVar("T")
 
 __all__ = [
     "ApiError",
@@ -146,6 +148,17 @@ def _date_param(value: date | str | None) -> str | None:
     if value is None:
         return None
     return value.isoformat() if isinstance(value, date) else str(value)
+
+
+def _follow(fetch: Callable[[str | None], Page[T]]) -> Iterator[T]:
+    """Every item of a paginated list: ``fetch(cursor)`` gets one page, starting with no cursor."""
+    cursor: str | None = None
+    while True:
+        page = fetch(cursor)
+        yield from page.items
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
 
 
 class Client:
@@ -273,13 +286,7 @@ class Client:
         self, user_id: int, date_from: date | str | None = None, date_to: date | str | None = None, *, limit: int = 100
     ) -> Iterator[KpiWeek]:
         """Every week of ``user_kpi``, following the cursors (``limit`` weeks per request)."""
-        cursor: str | None = None
-        while True:
-            page = self.user_kpi(user_id, date_from, date_to, limit=limit, cursor=cursor)
-            yield from page.items
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+        return _follow(lambda cursor: self.user_kpi(user_id, date_from, date_to, limit=limit, cursor=cursor))
 
     def job_runs(
         self, job: str | None = None, status: JobStatus | None = None, *, limit: int = 50, cursor: str | None = None
@@ -292,13 +299,7 @@ class Client:
         self, job: str | None = None, status: JobStatus | None = None, *, limit: int = 50
     ) -> Iterator[JobRun]:
         """Every job run matching the filters, newest first, following the cursors."""
-        cursor: str | None = None
-        while True:
-            page = self.job_runs(job, status, limit=limit, cursor=cursor)
-            yield from page.items
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+        return _follow(lambda cursor: self.job_runs(job, status, limit=limit, cursor=cursor))
 
     # --- survival ------------------------------------------------------------------------------------------
 
@@ -371,10 +372,4 @@ class Client:
         self, date: date | str | None = None, tier: AlertTier | None = None, *, limit: int = 100
     ) -> Iterator[InactivityAlert]:
         """Every alert of the day matching the filters, riskiest first, following the cursors."""
-        cursor: str | None = None
-        while True:
-            page = self.alerts(date, tier, limit=limit, cursor=cursor)
-            yield from page.items
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+        return _follow(lambda cursor: self.alerts(date, tier, limit=limit, cursor=cursor))
