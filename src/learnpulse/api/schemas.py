@@ -88,3 +88,9 @@ class ErrorResponse(_Model):
     """The one shape of every error the API returns."""
 
     error: ErrorBody
+
+
+def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` of a route behind the bearer token: 401 plus the given statuses, all ErrorResponse."""
+    merged = {401: "missing or invalid bearer token", **descriptions}
+    return {status: {"model": ErrorResponse, "description": text} for status, text in merged.items()}

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from pydantic import TypeAdapter
 
 from learnpulse.api.deps import ReadEngineDep, bad_cursor, decode_cursor, encode_cursor, require_token
-from learnpulse.api.schemas import ErrorResponse, Page
+from learnpulse.api.schemas import Page, error_responses
 from learnpulse.api.survival_schemas import AlertTier, InactivityAlert
 from learnpulse.store import survival as store
 
@@ -39,10 +39,7 @@ def _cursor_key(cursor: str) -> tuple[date, float | None, int]:
     "/alerts",
     response_model=Page[InactivityAlert],
     summary="Inactivity alerts of a day, riskiest first",
-    responses={
-        401: {"model": ErrorResponse, "description": "missing or invalid bearer token"},
-        422: {"model": ErrorResponse, "description": "invalid parameter or cursor"},
-    },
+    responses=error_responses({422: "invalid parameter or cursor"}),
 )
 def alerts(
     *,

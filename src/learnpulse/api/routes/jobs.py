@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from pydantic import TypeAdapter
 
 from learnpulse.api.deps import ReadEngineDep, bad_cursor, decode_cursor, encode_cursor, require_token
-from learnpulse.api.schemas import ErrorResponse, JobRun, JobStatus, Page
+from learnpulse.api.schemas import JobRun, JobStatus, Page, error_responses
 from learnpulse.store import reads
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_token)])
@@ -22,10 +22,7 @@ _PAGE = TypeAdapter(Page[JobRun])
     "/jobs/runs",
     response_model=Page[JobRun],
     summary="Recent job runs",
-    responses={
-        401: {"model": ErrorResponse, "description": "missing or invalid bearer token"},
-        422: {"model": ErrorResponse, "description": "invalid parameter or cursor"},
-    },
+    responses=error_responses({422: "invalid parameter or cursor"}),
 )
 def job_runs(
     *,

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from pydantic import TypeAdapter
 
 from learnpulse.api.deps import ReadEngineDep, bad_cursor, decode_cursor, encode_cursor, require_token
-from learnpulse.api.schemas import ErrorResponse, KpiWeek, Page
+from learnpulse.api.schemas import KpiWeek, Page, error_responses
 from learnpulse.errors import InvalidInputError, NotFoundError
 from learnpulse.store import reads
 
@@ -25,11 +25,7 @@ MAX_USER_ID = 2**63 - 1  # BIGINT
     "/users/{user_id}/kpi",
     response_model=Page[KpiWeek],
     summary="A student's weekly KPIs",
-    responses={
-        401: {"model": ErrorResponse, "description": "missing or invalid bearer token"},
-        404: {"model": ErrorResponse, "description": "unknown student"},
-        422: {"model": ErrorResponse, "description": "invalid parameter or cursor"},
-    },
+    responses=error_responses({404: "unknown student", 422: "invalid parameter or cursor"}),
 )
 def user_kpi(
     *,

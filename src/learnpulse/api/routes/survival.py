@@ -19,7 +19,7 @@ from sqlalchemy import Connection
 
 from learnpulse import churn
 from learnpulse.api.deps import ReadEngineDep, require_token
-from learnpulse.api.schemas import ErrorResponse
+from learnpulse.api.schemas import error_responses
 from learnpulse.api.survival_schemas import (
     ChurnModel,
     CoefficientRow,
@@ -38,10 +38,7 @@ from learnpulse.store import survival as store
 
 router = APIRouter(tags=["survival"], dependencies=[Depends(require_token)])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "missing or invalid bearer token"},
-    422: {"model": ErrorResponse, "description": "invalid data (lengths, values) or too few events"},
-}
+_ERRORS = error_responses({422: "invalid data (lengths, values) or too few events"})
 
 
 @router.post("/survival/fit", response_model=SurvivalFitResponse, summary="Fit a Cox model", responses=_ERRORS)
@@ -76,10 +73,8 @@ def fit(request: Annotated[SurvivalFitRequest, Body()]) -> SurvivalFitResponse:
 
 
 NO_MODEL = "no churn model yet: run fit-survival-churn (`learnpulse run fit-survival-churn`)"
-_STORED_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "missing or invalid bearer token"},
-    404: {"model": ErrorResponse, "description": "no churn model stored yet"},
-}
+_STORED_ERROR = {404: "no churn model stored yet"}
+_STORED_ERRORS = error_responses(_STORED_ERROR)
 
 
 def _latest_fit(conn: Connection) -> dict[str, Any]:
@@ -131,13 +126,12 @@ def churn_model(
     "/survival/predict",
     response_model=SurvivalPredictResponse,
     summary="Churn risk S from the latest stored model",
-    responses={
-        **_STORED_ERRORS,
-        422: {
-            "model": ErrorResponse,
-            "description": "invalid body, covariate names not the model's, or build-kpi has not built the as-of date",
-        },
-    },
+    responses=error_responses(
+        {
+            **_STORED_ERROR,
+            422: "invalid body, covariate names not the model's, or build-kpi has not built the as-of date",
+        }
+    ),
 )
 def predict(engine: ReadEngineDep, request: Annotated[SurvivalPredictRequest, Body()]) -> SurvivalPredictResponse:
     """Score with the latest model of fit-survival-churn. Send exactly one of:
