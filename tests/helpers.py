@@ -1,8 +1,12 @@
-"""Small helpers for tests: load attempts as a new batch, read tables back as typed frames."""
+"""Small helpers for tests: load attempts as a new batch, read tables back as typed frames, run the CLI."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,3 +72,16 @@ def read_table(engine: Engine, name: str, order: list[str] | None = None) -> pd.
 def count(engine: Engine, name: str) -> int:
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(metadata.tables[name])).scalar_one())
+
+
+def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``learnpulse ARGS`` in a child process as a user would, with ``env`` added to this environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "learnpulse.cli", *args],
+        capture_output=True,
+        check=False,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=300,
+    )

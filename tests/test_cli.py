@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from learnpulse.store.db import make_engine
-from tests.helpers import attempts_frame, count, load_batch
-
-
-def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "learnpulse.cli", *args],
-        capture_output=True,
-        check=False,
-        text=True,
-        env=full_env,
-        cwd=cwd,
-        timeout=300,
-    )
+from tests.helpers import attempts_frame, cli, count, load_batch
 
 
 def test_db_upgrade_then_build_kpi_then_jobs(db_url: str, tmp_path: Path) -> None:

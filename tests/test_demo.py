@@ -3,17 +3,15 @@ table, and a second run that succeeds without adding rows."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
 from learnpulse.store import survival
 from learnpulse.store.db import make_engine
 from learnpulse.synthetic import WorldParams
-from tests.helpers import count
+from tests.helpers import cli, count
 
 TABLES = (
     "attempt",
@@ -28,15 +26,8 @@ STUDENTS, WEEKS = 300, 8
 
 
 def demo(url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": url, "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "learnpulse.cli", "demo", "--students", str(STUDENTS), "--weeks", str(WEEKS)],
-        capture_output=True,
-        check=False,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=300,
+    return cli(
+        "demo", "--students", str(STUDENTS), "--weeks", str(WEEKS), env={"DATABASE_URL": url, "COLUMNS": "200"}, cwd=cwd
     )
 
 
