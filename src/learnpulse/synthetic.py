@@ -30,8 +30,10 @@ The model of the world (days ``d = 0 .. 7*weeks-1`` are local calendar days in `
   with the population (mixture) mean and SD of each covariate (``World.truth_parameters()['hazard']``).
   ``churn_day = enrol_day + 1 + floor(Exp(1) / h_i)``; from ``churn_day`` on the student never answers again.
   ``churn_day`` is None when it falls after the world. ``hazard_lp = beta . x_i``.
-- **Goals**: deadline ``= world end + U{goal_min_weeks*7 .. goal_max_weeks*7}`` days; accuracy ``acc(theta) =
-  mean_j P_j(theta)`` over the whole item bank; ``accuracy_at_deadline = acc(theta0 + g_i * deadline_week)``
+- **Goals**: deadline ``= world end + U{goal_min_weeks*7 .. goal_max_weeks*7}`` days; accuracy ``acc_i(theta)`` =
+  the student's expected accuracy on their own practice: the mean over their topics of ``mean_j P_j(theta)`` over
+  the topic's items (answers are drawn exactly so; version 1 averaged over the whole bank, which the student's
+  accuracy never measures); ``accuracy_at_deadline = acc(theta0 + g_i * deadline_week)``
   (the latent trajectory, churned or not). Students aim where a typical learner of their type would get:
   ``target = clip(round(acc(theta0 + g_k * deadline_week) + N(0, goal_target_sd), 2), goal_target_min,
   goal_target_max)``, so ``goal_reached = accuracy_at_deadline >= target`` mostly says whether the student grows
@@ -54,7 +56,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -62,7 +64,7 @@ import pandas as pd
 
 from learnpulse.errors import InvalidInputError
 
-SIMULATOR_VERSION = 1
+SIMULATOR_VERSION = 2
 """Bumped whenever the same parameters would produce a different world."""
 
 _DAY_US = 86_400_000_000
@@ -324,6 +326,36 @@ def expected_accuracy(theta: FloatArray, a: FloatArray, b: FloatArray, *, rows: 
     return out
 
 
+def own_topic_accuracy(
+    theta: FloatArray,
+    studied: IntArray,
+    *,
+    topic_start: IntArray,
+    topic_count: IntArray,
+    a: FloatArray,
+    b: FloatArray,
+) -> FloatArray:
+    """Expected accuracy of each student on their own practice: the mean over the student's topics (row ``i`` of
+    ``studied``, 0-based topic ids padded with ``n_topics``) of the mean 2PL probability over the topic's items
+    (``topic_start``/``topic_count`` index ``a``, ``b``), at ability ``theta[i]``: how answers are drawn."""
+    n_topics = len(topic_start)
+    per_topic = np.stack(
+        [
+            expected_accuracy(
+                theta,
+                a[topic_start[t] : topic_start[t] + topic_count[t]],
+                b[topic_start[t] : topic_start[t] + topic_count[t]],
+            )
+            for t in range(n_topics)
+        ],
+        axis=1,
+    )
+    mask = np.zeros((len(theta), n_topics + 1), dtype=bool)
+    mask[np.arange(len(theta))[:, None], studied] = True
+    mask = mask[:, :n_topics]
+    return cast(FloatArray, (per_topic * mask).sum(axis=1) / mask.sum(axis=1))
+
+
 def _rng(params: WorldParams, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(params.seed, spawn_key=key))
 
@@ -441,8 +473,18 @@ def _simulate_block(params: WorldParams, items: pd.DataFrame, block: int, first:
     # --- goals ---
     deadline_day = D + deadline_offset
     deadline_week = deadline_day // 7
-    acc_deadline = expected_accuracy(theta0 + growth * deadline_week, a_items, b_items)
-    acc_typical = expected_accuracy(theta0 + per_type("growth_mean")[k] * deadline_week, a_items, b_items)
+    studied = topic_choice  # (n, T): the student's topics (0-based), padded with T
+    acc_deadline = own_topic_accuracy(
+        theta0 + growth * deadline_week, studied, topic_start=topic_start, topic_count=topic_count, a=a_items, b=b_items
+    )
+    acc_typical = own_topic_accuracy(
+        theta0 + per_type("growth_mean")[k] * deadline_week,
+        studied,
+        topic_start=topic_start,
+        topic_count=topic_count,
+        a=a_items,
+        b=b_items,
+    )
     target = np.clip(np.round(acc_typical + ambition, 2), params.goal_target_min, params.goal_target_max)
 
     # --- attempts ---
