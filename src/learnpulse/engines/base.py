@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from learnpulse.errors import InvalidInputError, NotFittedError
 
 
@@ -43,3 +46,30 @@ def open_envelope(data: Mapping[str, Any], engine: str, versions: Collection[int
             {"engine": engine, "found": data.get("version"), "supported": sorted(versions)},
         )
     return data
+
+
+def float_vector(values: npt.ArrayLike, name: str) -> npt.NDArray[np.float64]:
+    """``values`` as a finite 1-D float vector; otherwise :class:`InvalidInputError` naming ``name`` (the column)
+    and the first bad row."""
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(
+            f"{name} must be numeric", {"problems": [{"column": name, "reason": "not numeric"}]}
+        ) from exc
+    if arr.ndim != 1:
+        raise InvalidInputError(
+            f"{name} must be one-dimensional", {"problems": [{"column": name, "reason": f"shape {arr.shape}"}]}
+        )
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise InvalidInputError(
+            f"{name} has {len(rows)} missing or non-finite value(s) (first at row {int(rows[0])})",
+            {
+                "problems": [
+                    {"column": name, "row": int(rows[0]), "reason": "missing or non-finite", "count": len(rows)}
+                ]
+            },
+        )
+    return arr

@@ -59,7 +59,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from learnpulse.engines.base import check_fitted, envelope, open_envelope
+from learnpulse.engines.base import check_fitted, envelope, float_vector, open_envelope
 from learnpulse.errors import InsufficientDataError, InvalidInputError
 
 FloatArray = npt.NDArray[np.float64]
@@ -81,27 +81,9 @@ def _invalid(message: str, problems: list[dict[str, Any]]) -> InvalidInputError:
     return InvalidInputError(message, {"problems": problems})
 
 
-def _vector(values: ArrayLike, name: str) -> FloatArray:
-    """A finite 1-D float vector (``name`` is the variable named in errors)."""
-    try:
-        arr = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise _invalid(f"{name} must be numeric", [{"column": name, "reason": "not numeric"}]) from exc
-    if arr.ndim != 1:
-        raise _invalid(f"{name} must be one-dimensional", [{"column": name, "reason": f"shape {arr.shape}"}])
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        rows = np.flatnonzero(bad)
-        raise _invalid(
-            f"{name} has {len(rows)} missing or non-finite value(s) (first at row {int(rows[0])})",
-            [{"column": name, "row": int(rows[0]), "reason": "missing or non-finite", "count": len(rows)}],
-        )
-    return arr
-
-
 def _durations_events(durations: ArrayLike, events: ArrayLike, *, positive: bool) -> tuple[FloatArray, FloatArray]:
-    t = _vector(durations, "durations")
-    e = _vector(events, "events")
+    t = float_vector(durations, "durations")
+    e = float_vector(events, "events")
     if len(t) != len(e):
         raise _invalid(
             f"durations and events differ in length ({len(t)} != {len(e)})",
@@ -596,7 +578,7 @@ class CoxPH:
         """``H0(t)`` (at the training means) per time: right-continuous steps, 0 before the first event time."""
         check_fitted(self, "coef_")
         assert self.baseline_times_ is not None and self.baseline_cumulative_hazard_ is not None
-        tt = _vector(np.atleast_1d(np.asarray(times, dtype=np.float64)), "times")
+        tt = float_vector(np.atleast_1d(np.asarray(times, dtype=np.float64)), "times")
         idx = np.searchsorted(self.baseline_times_, tt, side="right")
         return cast(FloatArray, np.concatenate(([0.0], self.baseline_cumulative_hazard_))[idx])
 
@@ -615,8 +597,8 @@ class CoxPH:
         """
         risk = np.exp(self.linear_predictor(covariates))
         n = len(risk)
-        at_v = _vector(np.broadcast_to(np.asarray(at, dtype=np.float64), (n,)), "at")
-        h_v = _vector(np.broadcast_to(np.asarray(horizon, dtype=np.float64), (n,)), "horizon")
+        at_v = float_vector(np.broadcast_to(np.asarray(at, dtype=np.float64), (n,)), "at")
+        h_v = float_vector(np.broadcast_to(np.asarray(horizon, dtype=np.float64), (n,)), "horizon")
         if (at_v < 0).any() or (h_v < 0).any():
             raise _invalid("at and horizon must be >= 0", [{"column": "at/horizon", "reason": "negative"}])
         dh = self.baseline_cumulative_hazard(at_v + h_v) - self.baseline_cumulative_hazard(at_v)
@@ -738,7 +720,7 @@ def concordance_index(durations: ArrayLike, events: ArrayLike, scores: ArrayLike
     ``survival::concordance`` (``timewt = "n"``). ``O(n log^2 n)``.
     """
     t, e = _durations_events(durations, events, positive=False)
-    s = _vector(scores, "scores")
+    s = float_vector(scores, "scores")
     if len(s) != len(t):
         raise _invalid(
             f"scores and durations differ in length ({len(s)} != {len(t)})",
