@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.linear_model import LogisticRegression
 
 from learnpulse import churn
 from learnpulse.churn import DailyActivity, at_risk_covariates, day_number, landmark_rows
+from learnpulse.engines.logistic import Logit
+from learnpulse.engines.survival import CoxPH
+from learnpulse.errors import InsufficientDataError, InvalidInputError
 
 T = 14
 BASE = date(2026, 3, 2)  # a Monday; day k below is BASE + k
@@ -117,6 +122,11 @@ def test_covariates_at_a_landmark_ignore_everything_after_it() -> None:
     b = rows_at(busy, as_of=80, landmarks=[landmark])
     names = list(churn.COVARIATE_NAMES)
     pd.testing.assert_frame_equal(a[names], b[names])
+    # The model's derived features are functions of these covariates: they ignore the future too.
+    pd.testing.assert_frame_equal(
+        churn.model_features(a, threshold_days=T, recent_window_days=28),
+        churn.model_features(b, threshold_days=T, recent_window_days=28),
+    )
     # ... while the attempt on day L itself is known at the end of day L.
     assert a.loc[1, "days_since_last_attempt"] == 0
     without_l = rows_at({1: past[:-1]}, as_of=80, landmarks=[landmark])
@@ -241,3 +251,179 @@ def test_top_factors_are_the_largest_positive_contributions() -> None:
     assert [f["covariate"] for f in factors[0]] == ["b", "a"]
     assert factors[0][0]["value"] == 10.0 and factors[0][0]["hazard_ratio"] == pytest.approx(math.exp(1.2), 1e-4)
     assert factors[1] == []  # nothing raises this student's hazard
+
+
+# --- the two-part churn model -----------------------------------------------------------------------------------
+
+
+def _synthetic_rows(n: int, seed: int) -> pd.DataFrame:
+    """Landmark-like rows: covariates in their natural ranges and outcomes from a known two-part mechanism (the
+    first day depends on the current run of empty days and the visit rate; later days on accuracy)."""
+    rng = np.random.default_rng(seed)
+    tenure = rng.integers(0, 29, n).astype(float)
+    observed = np.minimum(28.0, tenure + 1)
+    share = rng.integers(0, 29, n) / 28.0
+    d = np.minimum(rng.geometric(0.4, n) - 1, T - 1).astype(float)
+    x = pd.DataFrame(
+        {
+            "days_since_last_attempt": d,
+            "active_days_last_7": np.minimum(rng.integers(0, 8, n), np.minimum(7, observed)).astype(float),
+            "active_share_recent": share,
+            "log_attempts_recent": rng.uniform(0, 5, n),
+            "attempts_per_active_day": rng.uniform(1, 8, n),
+            "accuracy_recent": rng.uniform(0, 1, n),
+            "accuracy_trend": rng.normal(0, 0.1, n),
+            "minutes_per_active_day": rng.uniform(0, 10, n),
+            "weekly_active_days_sd": rng.uniform(0, 2, n),
+            "longest_gap_recent": rng.integers(0, 28, n).astype(float),
+            "tenure_days_capped": tenure,
+        }
+    )
+    first = rng.random(n) < 1 / (1 + np.exp(-(-3.0 + 0.35 * d - 1.5 * share)))
+    later_time = 2 + np.floor(rng.exponential(1.0, n) / (0.03 * np.exp(-1.5 * x["accuracy_recent"]))).astype(int)
+    follow = rng.choice([1, 8, T], size=n, p=[0.1, 0.1, 0.8])  # landmarks with 1, 8 and T days of follow-up
+    time = np.where(first, 1, later_time)
+    event = time <= follow
+    return x.assign(duration=np.where(event, time, follow), event=event.astype(int), user_id=np.arange(n))
+
+
+def test_derived_features_by_hand() -> None:
+    # 10 days of tenure: 11 observed days, 4 of them active (2 in the last 7), away 3 days; T = 14, W = 28.
+    row = {name: 0.0 for name in churn.COVARIATE_NAMES}
+    row.update(days_since_last_attempt=3, tenure_days_capped=10, active_share_recent=4 / 11, active_days_last_7=2)
+    f = churn.model_features(pd.DataFrame([row]), threshold_days=T, recent_window_days=28).iloc[0]
+    v, v7 = (4 + 1) / (11 + 2), (2 + 1) / (7 + 2)
+    assert f["log_p_idle_day"] == pytest.approx(math.log(1 - v))
+    assert f["log_p_idle_to_threshold"] == pytest.approx(11 * math.log(1 - v))  # 11 more empty days needed
+    assert f["log_p_idle_to_threshold_7d"] == pytest.approx(11 * math.log(1 - v7))
+    assert f["log_days_to_threshold"] == pytest.approx(math.log(11))
+    assert f["active_on_landmark"] == 0
+    assert f["short_window_x_log_p_idle_day"] == pytest.approx((1 - 11 / 28) * math.log(1 - v))
+    assert f["short_window_x_log_p_idle_to_threshold"] == pytest.approx((1 - 11 / 28) * 11 * math.log(1 - v))
+    assert (f[list(churn.COVARIATE_NAMES)] == pd.Series(row)[list(churn.COVARIATE_NAMES)]).all()
+    # An established student who attempted today, every day of the window: finite, and no short-window part.
+    row.update(days_since_last_attempt=0, tenure_days_capped=28, active_share_recent=1.0, active_days_last_7=7)
+    g = churn.model_features(pd.DataFrame([row]), threshold_days=T, recent_window_days=28).iloc[0]
+    assert g["log_p_idle_day"] == pytest.approx(math.log(1 / 30)) and g["active_on_landmark"] == 1
+    assert g["log_p_idle_to_threshold"] == pytest.approx(14 * math.log(1 / 30))
+    assert g["short_window_x_log_p_idle_day"] == 0 and g["short_window_x_log_p_idle_to_threshold"] == 0
+
+
+def test_derived_features_of_a_row_depend_on_that_row_alone() -> None:
+    rows = _synthetic_rows(50, seed=1)
+    together = churn.model_features(rows, threshold_days=T, recent_window_days=28)
+    alone = pd.concat(
+        [churn.model_features(rows.iloc[[i]], threshold_days=T, recent_window_days=28) for i in range(len(rows))]
+    )
+    pd.testing.assert_frame_equal(together, alone)
+    with pytest.raises(InvalidInputError, match="missing covariate"):
+        churn.model_features(rows.drop(columns="accuracy_trend"), threshold_days=T, recent_window_days=28)
+
+
+def test_first_day_logit_is_the_maximum_likelihood_fit() -> None:
+    rng = np.random.default_rng(4)
+    x = np.column_stack([rng.normal(5, 2, 3000), rng.uniform(0, 1, 3000), rng.integers(0, 2, 3000)])
+    y = rng.random(3000) < 1 / (1 + np.exp(-(-1.0 + 0.3 * (x[:, 0] - 5) - 2.0 * x[:, 1] + 0.5 * x[:, 2])))
+    fit = Logit.fit(x, y, ["a", "b", "c"])
+    reference = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-12, max_iter=1000).fit(x, y)
+    np.testing.assert_allclose(fit.coef, reference.coef_[0], rtol=1e-6)
+    log_odds = fit.log_odds(x)
+    np.testing.assert_allclose(log_odds, reference.decision_function(x), rtol=1e-6, atol=1e-8)
+    # Standard errors: the inverse information of (intercept, coef) on the original scale, computed directly.
+    design = np.column_stack([np.ones(len(x)), x])
+    p = 1 / (1 + np.exp(-log_odds))
+    inverse = np.linalg.inv(design.T @ (design * (p * (1 - p))[:, None]))
+    np.testing.assert_allclose(fit.summary()["se"].to_numpy(), np.sqrt(np.diag(inverse))[1:], rtol=1e-6)
+    assert fit.events == int(y.sum()) and fit.n == 3000
+    again = Logit.from_json(json.loads(json.dumps(fit.to_json())))
+    assert again.to_json() == fit.to_json()
+    np.testing.assert_array_equal(again.log_odds(x), log_odds)
+
+
+def test_first_day_logit_refuses_separated_or_one_sided_outcomes() -> None:
+    x = np.linspace(-1, 1, 40)[:, None]
+    with pytest.raises(InvalidInputError, match="did not converge"):
+        Logit.fit(x, x[:, 0] > 0, ["x"])
+    with pytest.raises(InsufficientDataError, match="never observed"):
+        Logit.fit(x, np.zeros(40), ["x"])
+
+
+def test_the_churn_model_is_a_logistic_first_day_and_a_cox_model_after_it() -> None:
+    rows = _synthetic_rows(4000, seed=2)
+    model = churn.ChurnModel.fit(rows, threshold_days=T)
+    features = churn.model_features(rows, threshold_days=T, recent_window_days=28)
+
+    # The parts, refitted by hand: a logistic regression of the day-1 events on every row, a Cox model on the
+    # rows followed beyond day 1.
+    first_names = list(churn.FEATURES[churn.FIRST_DAY])
+    y1 = (rows["event"] == 1) & (rows["duration"] == 1)
+    reference = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-12, max_iter=1000)
+    reference.fit(features[first_names], y1)
+    p1 = reference.predict_proba(features[first_names])[:, 1]
+    later = rows["duration"] >= 2
+    cox_names = list(churn.FEATURES[churn.LATER_DAYS])
+    cox = CoxPH().fit(rows.loc[later, "duration"], rows.loc[later, "event"], features.loc[later, cox_names])
+    assert list(model.first_day.features) == first_names and model.later_days.feature_names_ == cox_names
+    np.testing.assert_allclose(model.later_days.coef_, cox.coef_, rtol=1e-10)  # type: ignore[arg-type]
+
+    # S = p1 + (1 - p1) (1 - S_cox(T | t > 1)), and the conditional probabilities follow S(t) = 1 before day 1,
+    # (1 - p1) S_cox(t) from day 1 on.
+    s = model.event_probability(rows)
+    later_risk = cox.predict_event_probability(features[cox_names], at=1, horizon=T - 1)
+    np.testing.assert_allclose(s, p1 + (1 - p1) * later_risk, rtol=1e-5)
+    surv = (1 - p1)[:, None] * cox.predict_survival(features[cox_names], [3.0, 10.0])
+    np.testing.assert_allclose(model.event_probability(rows, at=0, horizon=3), 1 - surv[:, 0], rtol=1e-5)
+    np.testing.assert_allclose(model.event_probability(rows, at=3, horizon=7), 1 - surv[:, 1] / surv[:, 0], rtol=1e-9)
+    np.testing.assert_allclose(model.event_probability(rows, at=0, horizon=0.5), 0.0)  # no event before day 1
+    np.testing.assert_allclose(model.event_probability(rows, at=0, horizon=1), p1, rtol=1e-5)
+
+    # The likelihood and the events are the two parts'.
+    assert model.n_events == {"first_day": int(y1.sum()), "later_days": int(rows.loc[later, "event"].sum())}
+    assert model.log_likelihood == pytest.approx(model.first_day.log_likelihood + cox.log_likelihood_)  # type: ignore[operator]
+
+
+def test_the_churn_model_explains_with_the_covariates_that_raise_its_cumulative_hazard() -> None:
+    rows = _synthetic_rows(4000, seed=3)
+    model = churn.ChurnModel.fit(rows, threshold_days=T)
+    x = rows[list(churn.COVARIATE_NAMES)].head(200)
+    horizon = np.full(len(x), float(T))
+    log_hazard = np.log(model.cumulative_hazard(x, horizon))
+    assert np.allclose(-np.expm1(-np.exp(log_hazard)), model.event_probability(x))
+    # A student at the training means has linear predictor 0 and no reason.
+    mean_row = pd.DataFrame([model.reference], columns=list(churn.COVARIATE_NAMES))
+    assert model.linear_predictor(mean_row)[0] == pytest.approx(0.0, abs=1e-12)
+    assert churn.top_factors(model.contributions(mean_row), mean_row) == [[]]
+    # A contribution is the change in ln L(T) when that covariate alone moves to its training mean.
+    contributions = model.contributions(x)
+    j = churn.COVARIATE_NAMES.index("days_since_last_attempt")
+    moved = x.assign(days_since_last_attempt=model.reference[j])
+    np.testing.assert_allclose(
+        contributions["days_since_last_attempt"], log_hazard - np.log(model.cumulative_hazard(moved, horizon))
+    )
+    # The simulated first day rises with the run of empty days: the student away longest has it as a reason.
+    away = int(np.argmax(x["days_since_last_attempt"].to_numpy()))
+    reasons = churn.top_factors(contributions, x)[away]
+    assert reasons[0]["covariate"] == "days_since_last_attempt" and reasons[0]["hazard_ratio"] > 1
+
+
+def test_the_churn_model_round_trips_through_json_and_refuses_other_models() -> None:
+    rows = _synthetic_rows(3000, seed=5)
+    model = churn.ChurnModel.fit(rows, threshold_days=T)
+    data = json.loads(json.dumps(model.to_json()))
+    again = churn.ChurnModel.from_json(data)
+    x = rows.head(100)
+    np.testing.assert_array_equal(again.event_probability(x), model.event_probability(x))
+    pd.testing.assert_frame_equal(again.contributions(x), model.contributions(x))
+    with pytest.raises(InvalidInputError, match="not a serialised churn-two-part model"):
+        churn.ChurnModel.from_json(model.later_days.to_json())
+    with pytest.raises(InvalidInputError, match="malformed"):
+        churn.ChurnModel.from_json({**data, "reference": [0.0]})
+
+
+def test_a_constant_feature_is_left_out_of_its_part_and_reported() -> None:
+    rows = _synthetic_rows(3000, seed=6).assign(tenure_days_capped=28.0)  # every student's window is complete
+    model = churn.ChurnModel.fit(rows, threshold_days=T)
+    short = {name for name in churn.DERIVED_NAMES if name.startswith("short_window")}
+    assert {f for _, f in model.dropped} == short | {"tenure_days_capped"}
+    assert not short & set(model.first_day.features) and not short & set(model.later_days.feature_names_ or [])
+    assert np.isfinite(model.event_probability(rows)).all()

@@ -159,16 +159,36 @@ def test_the_model_and_predictions_are_404_until_a_fit_is_stored(engine: Engine,
     assert data["run_id"] == fit["run_id"] and data["as_of"] == AS_OF.isoformat() and data["threshold_days"] == T
     assert data["n"] == fit["n_rows"] and data["events"] == fit["n_events"] and data["n_students"] > 0
     assert data["concordance_heldout"] == pytest.approx(fit["concordance_heldout"])
-    assert [c["name"] for c in data["covariates"]] == [c["covariate"] for c in data["coefficients"]]
+    assert [c["name"] for c in data["covariates"]] == list(churn.COVARIATE_NAMES)
+    assert [c["name"] for c in data["derived_covariates"]] == list(churn.DERIVED_NAMES)
+    assert [(c["component"], c["covariate"]) for c in data["coefficients"]] == [
+        (c["component"], c["covariate"]) for c in fit["coefficients"]
+    ]
+    assert {c["component"] for c in data["coefficients"]} == {"first_day", "later_days"}
     for c, stored in zip(data["coefficients"], fit["coefficients"], strict=True):
-        assert c["hazard_ratio"] == pytest.approx(stored["hazard_ratio"])
-        assert c["hr_lower"] <= c["hazard_ratio"] <= c["hr_upper"]
+        if c["component"] == "first_day":
+            assert c["odds_ratio"] == pytest.approx(stored["odds_ratio"]) and c["hazard_ratio"] is None
+            assert c["or_lower"] <= c["odds_ratio"] <= c["or_upper"]
+        else:
+            assert c["hazard_ratio"] == pytest.approx(stored["hazard_ratio"]) and c["odds_ratio"] is None
+            assert c["hr_lower"] <= c["hazard_ratio"] <= c["hr_upper"]
     assert len(data["calibration"]) == 10 and data["calibration"] == fit["calibration"]["groups"]
     assert data["heldout"]["concordance"] == pytest.approx(data["concordance_heldout"])
     assert data["model"] is None  # only on request
     full = empty_api.get("/survival/model", params={"include_model": "true"}).json()
     assert full["model"] == fit["model"]
     assert empty_api.get("/survival/model", headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+    # A model stored by an earlier version (a single Cox model) cannot score: treated as no model, with the fix.
+    body = _rossi_body()
+    legacy = CoxPH().fit(body["durations"], body["events"], pd.DataFrame(body["covariates"])).to_json()
+    old_rows = [{k: v for k, v in c.items() if k != "component"} for c in fit["coefficients"]]
+    with engine.begin() as conn:
+        store.replace_fit(conn, {**fit, "model": legacy, "coefficients": old_rows})
+    described = empty_api.get("/survival/model")  # what was stored can still be read
+    assert described.status_code == 200 and {c["component"] for c in described.json()["coefficients"]} == {None}
+    response = empty_api.post("/survival/predict", json={"user_ids": [1]})
+    assert response.status_code == 404 and "run fit-survival-churn again" in response.json()["error"]["message"]
 
 
 def test_predict_by_user_ids_gives_the_jobs_s_and_a_status_for_the_others(school: tuple[TestClient, Engine]) -> None:
@@ -221,7 +241,7 @@ def test_predict_by_user_ids_at_an_earlier_date_scores_with_the_latest_model(
 ) -> None:
     api, engine = school
     earlier = AS_OF - timedelta(days=7)
-    model = CoxPH.from_json(_fit(engine)["model"])
+    model = churn.ChurnModel.from_json(_fit(engine)["model"])
     with engine.connect() as conn:
         x = churn.at_risk_covariates(
             load_activity(conn, start=earlier - timedelta(days=60), end=earlier), earlier, threshold_days=T
@@ -229,27 +249,29 @@ def test_predict_by_user_ids_at_an_earlier_date_scores_with_the_latest_model(
     ids = [int(u) for u in x.index[:25]]
     data = api.post("/survival/predict", json={"user_ids": ids, "as_of": earlier.isoformat()}).json()
     assert data["as_of"] == earlier.isoformat() and all(s["status"] == "scored" for s in data["students"])
-    expected = model.predict_event_probability(x.loc[ids, model.feature_names_], at=0, horizon=T)
+    expected = model.event_probability(x.loc[ids], at=0, horizon=T)
     np.testing.assert_allclose([s["s"] for s in data["students"]], expected, rtol=1e-9)
 
 
 def test_predict_with_covariate_rows_is_the_models_probability(school: tuple[TestClient, Engine]) -> None:
     api, engine = school
-    model = CoxPH.from_json(_fit(engine)["model"])
-    names = list(model.feature_names_ or [])
+    model = churn.ChurnModel.from_json(_fit(engine)["model"])
+    names = list(model.covariates)
     rng = np.random.default_rng(3)
-    assert model.means_ is not None and model.scales_ is not None
-    rows = pd.DataFrame(model.means_ + rng.normal(size=(6, len(names))) * model.scales_, columns=names)
+    values = np.abs(model.reference + rng.normal(size=(6, len(names))) * model.covariate_scales)
+    rows = pd.DataFrame(values, columns=names)
     body = {"covariates": {n: rows[n].tolist() for n in names}}
     data = api.post("/survival/predict", json=body).json()
     assert data["students"] is None and data["at"] == 0 and data["horizon_days"] == T
     np.testing.assert_allclose(
-        [r["s"] for r in data["rows"]], model.predict_event_probability(rows, at=0, horizon=T), rtol=1e-12
+        [r["s"] for r in data["rows"]], model.event_probability(rows, at=0, horizon=T), rtol=1e-12
     )
     np.testing.assert_allclose([r["linear_predictor"] for r in data["rows"]], model.linear_predictor(rows), rtol=1e-12)
+    factors = churn.top_factors(model.contributions(rows), rows, 3)
+    assert [r["top_factors"] for r in data["rows"]] == factors
     shifted = api.post("/survival/predict", json={**body, "at": 3, "horizon_days": 7}).json()
     np.testing.assert_allclose(
-        [r["s"] for r in shifted["rows"]], model.predict_event_probability(rows, at=3, horizon=7), rtol=1e-12
+        [r["s"] for r in shifted["rows"]], model.event_probability(rows, at=3, horizon=7), rtol=1e-12
     )
 
 
@@ -261,7 +283,7 @@ def _problems(response: Any) -> set[str]:
 
 def test_predict_needs_exactly_one_input_and_the_models_covariate_names(school: tuple[TestClient, Engine]) -> None:
     api, engine = school
-    names = list(CoxPH.from_json(_fit(engine)["model"]).feature_names_ or [])
+    names = list(churn.ChurnModel.from_json(_fit(engine)["model"]).covariates)
     rows = {n: [1.0, 2.0] for n in names}
     both = api.post("/survival/predict", json={"user_ids": [1], "covariates": rows})
     assert _problems(both) == {"body.user_ids", "body.covariates"}

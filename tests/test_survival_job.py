@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from learnpulse import churn
-from learnpulse.engines.survival import CoxPH, concordance_index
+from learnpulse.engines.survival import concordance_index
 from learnpulse.errors import InsufficientDataError
 from learnpulse.jobs import REGISTRY
 from learnpulse.jobs.runner import RunResult, run_job
@@ -73,19 +73,33 @@ def test_fit_stores_the_model_the_scores_and_s_of_the_as_of_week(school: Engine)
     fit = meta.iloc[0]
     assert fit["run_id"] == result.run_id and fit["as_of"] == SMALL_AS_OF and fit["threshold_days"] == T
     used = [c["name"] for c in fit["covariates"]["used"]]
-    assert [c["covariate"] for c in fit["coefficients"]] == used
-    assert fit["formula"] == "Surv(t, churn) ~ " + " + ".join(used)
+    assert used == list(churn.COVARIATE_NAMES)
+    assert [c["name"] for c in fit["covariates"]["derived"]] == list(churn.DERIVED_NAMES)
+    model = churn.ChurnModel.from_json(fit["model"])
+    features = {"first_day": list(model.first_day.features), "later_days": model.later_days.feature_names_}
+    assert fit["covariates"]["features"] == features and fit["formula"] == model.formula()
+    assert features["first_day"][: len(used)] == used and "log_p_idle_to_threshold" in features["first_day"]
+    assert fit["formula"].startswith("logit P(t = 1) ~ days_since_last_attempt + ")
+    assert [(c["component"], c["covariate"]) for c in fit["coefficients"]] == [
+        (part, name) for part, names in features.items() for name in names
+    ]
     for c in fit["coefficients"]:
-        assert 0 < c["hr_lower"] <= c["hazard_ratio"] <= c["hr_upper"] and c["se"] > 0
+        ratio = "odds_ratio" if c["component"] == "first_day" else "hazard_ratio"
+        lower, upper = ("or_lower", "or_upper") if ratio == "odds_ratio" else ("hr_lower", "hr_upper")
+        assert 0 < c[lower] <= c[ratio] <= c[upper] and c["se"] > 0
+        assert c[ratio] == pytest.approx(np.exp(c["coef"]))
     assert fit["n_events"] >= 10 * len(used) and fit["n_rows"] > fit["n_events"]
+    assert sum(fit["baseline"]["events"].values()) == fit["n_events"]  # every event belongs to one part
+    assert fit["log_likelihood"] == pytest.approx(model.log_likelihood) and fit["log_likelihood"] < 0
     assert 0.6 < fit["concordance_heldout"] <= 1 and fit["heldout"]["concordance"] == fit["concordance_heldout"]
+    assert 0.6 < fit["concordance_train"] <= 1
     groups = fit["calibration"]["groups"]
     assert len(groups) == 10 and all(0 <= g["predicted"] <= 1 and 0 <= g["observed"] <= 1 for g in groups)
     assert [g["predicted"] for g in groups] == sorted(g["predicted"] for g in groups)
     assert len(fit["baseline"]["times"]) == len(fit["baseline"]["cumulative_hazard"]) > 0
+    assert min(fit["baseline"]["times"]) >= 2  # the later-days part: no event on the first day
     assert set(fit["standardization"]["means"]) == set(used)
     assert fit["landmarks"][0]["landmark"] == (SMALL_AS_OF - timedelta(days=T)).isoformat()
-    model = CoxPH.from_json(fit["model"])
 
     # Every student at risk on the as-of date is scored, with S from the stored model.
     scores = read_table(school, "survival_score").set_index("user_id")
@@ -101,14 +115,18 @@ def test_fit_stores_the_model_the_scores_and_s_of_the_as_of_week(school: Engine)
             end=SMALL_AS_OF,
         )
     x = churn.at_risk_covariates(activity, SMALL_AS_OF, threshold_days=T).set_index("user_id").loc[scores.index]
-    s = model.predict_event_probability(x[used], at=0, horizon=T)
+    s = model.event_probability(x[used], at=0, horizon=T)
     np.testing.assert_allclose(scores["s"].to_numpy(), s, rtol=1e-9)
     np.testing.assert_allclose(scores["linear_predictor"].to_numpy(), model.linear_predictor(x[used]), atol=1e-9)
-    for factors in scores["top_factors"]:
+    contributions = model.contributions(x[used])
+    for user_id, factors in scores["top_factors"].items():
         assert len(factors) <= 3
-        contributions = [f["contribution"] for f in factors]
-        assert all(c > 0 for c in contributions) and contributions == sorted(contributions, reverse=True)
+        contribution = [f["contribution"] for f in factors]
+        assert all(c > 0 for c in contribution) and contribution == sorted(contribution, reverse=True)
         assert {f["covariate"] for f in factors} <= set(used)
+        for f in factors:
+            assert f["contribution"] == pytest.approx(contributions.loc[user_id, f["covariate"]], abs=1e-4)
+            assert f["value"] == pytest.approx(x.loc[user_id, f["covariate"]], abs=1e-4)
     high = scores["s"].idxmax()
     assert scores.loc[high, "top_factors"], "the riskiest student has reasons"
 
@@ -286,8 +304,8 @@ def test_heldout_concordance_is_close_to_that_of_the_true_hazard(default_school:
         )
     rows = churn.landmark_rows(activity, landmarks, threshold_days=T)
     held = rows[churn.heldout_students(rows["user_id"].to_numpy(), 0.2)]
-    model = CoxPH.from_json(fit["model"])
-    s = model.predict_event_probability(held[model.feature_names_], at=0, horizon=T)
+    model = churn.ChurnModel.from_json(fit["model"])
+    s = model.event_probability(held, at=0, horizon=T)
     c_s = concordance_index(held["duration"], held["event"], s)
     assert c_s == pytest.approx(fit["concordance_heldout"])
     true_lp = world.students.set_index("user_id").loc[held["user_id"], "hazard_lp"].to_numpy()
@@ -319,14 +337,16 @@ def _observed_churn(world: World, as_of: date) -> dict[int, bool]:
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured 0.031 on this world (bar 0.03): the proportional-hazards fit cannot give the first day's "
-    "hazard (gaps already under way) its own covariate effects; see the issue report",
-)
 def test_s_is_calibrated_against_what_happened_after_the_as_of_date(
     default_school: tuple[Engine, World, date],
 ) -> None:
+    """The stored S of every student active so far on the as-of date against whether the simulated future had a
+    churn gap begin within T days, by decile of S: mean absolute gap <= 0.03 (the issue's bar).
+
+    About 150 students per decile make this noisy: even the true probabilities would show a mean gap of about
+    0.016 on average (binomial noise alone). The single Cox model measured 0.031 here; the two-part model measures
+    about 0.024 (see the README's churn section for other seeds and dates).
+    """
     engine, world, as_of = default_school
     scores = read_table(engine, "survival_score")
     observed = _observed_churn(world, as_of)

@@ -1,8 +1,10 @@
-"""Churn events and landmark covariates from daily activity: the pure part of ``fit-survival-churn``.
+"""Churn events, landmark covariates and the churn model: the pure part of ``fit-survival-churn``.
 
-No SQL and no engine here: :mod:`learnpulse.store.survival` returns per-student, per-day activity and this module
-turns it into survival rows (and the small helpers the job needs to evaluate a fit), so every rule below can be
-checked by hand on tiny frames. Days are local calendar days (``LEARNPULSE_TIMEZONE``, as build-kpi buckets them).
+No SQL here: :mod:`learnpulse.store.survival` returns per-student, per-day activity and this module turns it into
+survival rows (and the small helpers the job needs to evaluate a fit), so every rule below can be checked by hand
+on tiny frames; :class:`ChurnModel` (at the end, with the maths) is the model fitted to those rows: a logistic
+regression for the first day of the landmark clock and a Cox model (:mod:`learnpulse.engines.survival`) for the
+days after it. Days are local calendar days (``LEARNPULSE_TIMEZONE``, as build-kpi buckets them).
 
 **Definitions** (``T`` = ``SURVIVAL_EVENT_THRESHOLD_DAYS``, ``A`` = the as-of date):
 
@@ -23,6 +25,8 @@ checked by hand on tiny frames. Days are local calendar days (``LEARNPULSE_TIMEZ
   A landmark needs at least one day of follow-up: ``L <= A - T``.
 - *S* at the as-of date: the landmark is ``A`` itself and ``S = P(t <= T | x)``: the probability that a churn gap
   begins on or before ``A + T`` (the current run of empty days included), given the student is active so far.
+  More than half of the events are at ``t = 1`` (a gap under way at ``L`` or beginning on ``L + 1``), which is why
+  :class:`ChurnModel` gives the first day a model of its own.
 
 **No look-ahead**: every covariate at ``L`` is computed from days ``<= L`` only (the tests move attempts to
 ``L + 1`` and check that nothing changes), and the outcome only from days ``> l``.
@@ -31,7 +35,8 @@ checked by hand on tiny frames. Days are local calendar days (``LEARNPULSE_TIMEZ
 trend, study time and tenure, over the ``W = max(28, T)`` days ending at ``L`` (the *recent window*) and the four
 7-day blocks ending at ``L``. Windows that reach back before a student's first attempt count only the days since
 it (a new student is not "inactive" before they arrived). The frames the store returns are per student and day, so
-everything is a cumulative sum over a dense (students x days) matrix: no per-row Python loops.
+everything is a cumulative sum over a dense (students x days) matrix: no per-row Python loops. The model adds
+``DERIVED`` features computed from a row's covariates alone (:func:`model_features`), so they inherit both rules.
 """
 
 from __future__ import annotations
@@ -40,11 +45,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+
+from learnpulse.engines.base import envelope, open_envelope
+from learnpulse.engines.logistic import Logit, finite_array, softplus
+from learnpulse.engines.survival import CoxPH
+from learnpulse.errors import InsufficientDataError, InvalidInputError
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -424,9 +434,11 @@ def mean_calibration_gap(table: Sequence[dict[str, Any]]) -> float | None:
 
 
 def top_factors(contributions: pd.DataFrame, values: pd.DataFrame, k: int = 3) -> list[list[dict[str, Any]]]:
-    """Per row, the (up to) ``k`` covariates that raise the hazard most: positive ``beta_j * (x_j - mean_j)``,
-    largest first, each with the covariate's value and ``hazard_ratio = exp(contribution)`` (how much it multiplies
-    the hazard compared with a student at the training means)."""
+    """Per row, the (up to) ``k`` covariates that raise the risk most: the largest positive ``contributions``
+    (:meth:`ChurnModel.contributions`: how much the covariate raises the log of the student's ``T``-day cumulative
+    hazard over what it would be with that covariate at its training mean), largest first, each with the
+    covariate's value and ``hazard_ratio = exp(contribution)`` (how many times the covariate multiplies that
+    cumulative hazard). Values are rounded to 4 decimals; a contribution that rounds to 0 is no reason."""
     names = list(contributions.columns)
     c = contributions.to_numpy(dtype=np.float64)
     v = values[names].to_numpy(dtype=np.float64)
@@ -440,7 +452,7 @@ def top_factors(contributions: pd.DataFrame, values: pd.DataFrame, k: int = 3) -
         row = []
         for m in range(order.shape[1]):
             contribution = float(top_c[r, m])
-            if not contribution > 0:
+            if not _round(contribution) > 0:
                 break
             row.append(
                 {
@@ -456,3 +468,351 @@ def top_factors(contributions: pd.DataFrame, values: pd.DataFrame, k: int = 3) -
 
 def _round(value: float, digits: int = 4) -> float:
     return float(round(value, digits))
+
+
+# --- the churn model: a first-day logistic part and a Cox part for the later days -------------------------------
+
+FIRST_DAY = "first_day"
+LATER_DAYS = "later_days"
+MODEL_ENGINE = "churn-two-part"
+MODEL_FORMAT_VERSION = 1
+
+DERIVED: tuple[Covariate, ...] = (
+    Covariate(
+        "log_p_idle_day",
+        "ln(probability)",
+        "ln(1 - v): v = (a + 1) / (n + 2) is the share of active days in the recent window smoothed by Laplace's "
+        "rule of succession (a active days among the n observed since the first attempt, n <= W), so that a short "
+        "history is not read as certainty",
+    ),
+    Covariate(
+        "log_p_idle_to_threshold",
+        "ln(probability)",
+        "(T - d) * ln(1 - v), d = days_since_last_attempt: ln of the chance of no attempt on any of the T - d days "
+        "the current run of empty days still needs to become a churn gap, were days independent at rate v",
+    ),
+    Covariate(
+        "log_p_idle_to_threshold_7d",
+        "ln(probability)",
+        "(T - d) * ln(1 - v7), v7 = (a7 + 1) / (n7 + 2) from the 7 days ending at L (a7 = active_days_last_7, "
+        "n7 = min(7, n)): the same with the latest week's rate",
+    ),
+    Covariate("log_days_to_threshold", "ln(days)", "ln(T - d): days the current run still needs to reach T"),
+    Covariate("active_on_landmark", "0/1", "1 when d = 0 (attempted on day L: a gap can only begin on L + 1)"),
+    Covariate(
+        "short_window_x_log_p_idle_day",
+        "ln(probability)",
+        "(1 - n / W) * ln(1 - v): lets v count for less when it comes from fewer than W observed days",
+    ),
+    Covariate(
+        "short_window_x_log_p_idle_to_threshold",
+        "ln(probability)",
+        "(1 - n / W) * (T - d) * ln(1 - v): the same for the chance that the current run reaches T",
+    ),
+)
+DERIVED_NAMES: tuple[str, ...] = tuple(c.name for c in DERIVED)
+# The first day is about the current run of empty days: every derived feature describes it. After day 1 the
+# student has come back, so the later-days part needs only the (smoothed) visit rate and how reliable it is.
+FEATURES: dict[str, tuple[str, ...]] = {
+    FIRST_DAY: COVARIATE_NAMES + DERIVED_NAMES,
+    LATER_DAYS: (*COVARIATE_NAMES, "log_p_idle_day", "short_window_x_log_p_idle_day"),
+}
+UNITS: dict[str, str] = {c.name: c.unit for c in (*COVARIATES, *DERIVED)}
+
+
+def covariate_matrix(covariates: pd.DataFrame, names: Sequence[str] = COVARIATE_NAMES) -> FloatArray:
+    """The columns ``names`` of ``covariates`` as a finite float matrix; a missing column or a non-finite value is
+    an :class:`InvalidInputError` naming it."""
+    missing = [n for n in names if n not in covariates.columns]
+    if missing:
+        raise InvalidInputError(
+            f"missing covariate(s): {', '.join(missing)}",
+            {"problems": [{"column": n, "reason": "missing"} for n in missing]},
+        )
+    try:
+        x = covariates[list(names)].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(
+            "covariates must be numeric", {"problems": [{"column": ", ".join(names), "reason": "not numeric"}]}
+        ) from exc
+    bad = ~np.isfinite(x)
+    if bad.any():
+        cols = sorted({names[int(j)] for j in np.flatnonzero(bad.any(axis=0))})
+        raise InvalidInputError(
+            f"covariate(s) {', '.join(cols)} have missing or non-finite values",
+            {"problems": [{"column": c, "reason": "missing or non-finite"} for c in cols]},
+        )
+    return x
+
+
+def model_features(covariates: pd.DataFrame, *, threshold_days: int, recent_window_days: int) -> pd.DataFrame:
+    """The model's features: the covariates (``COVARIATE_NAMES``) and the ``DERIVED`` ones computed from them.
+
+    A pure function of each row's covariates, ``T`` and ``W`` (nothing is learned from data, so a student's
+    features depend on their own days alone and use only days up to the landmark, like the covariates). With
+    ``d = clip(days_since_last_attempt, 0, T - 1)`` (an at-risk student has ``d <= T - 1``), ``n = clip(min(W,
+    tenure_days_capped + 1), 1, W)`` observed days in the recent window, ``a = active_share_recent * n`` active days
+    among them, ``v = (a + 1) / (n + 2)`` and ``v7 = (a7 + 1) / (n7 + 2)`` (``a7 = active_days_last_7``,
+    ``n7 = min(7, n)``): see ``DERIVED`` for each feature. ``v`` and ``v7`` lie strictly inside (0, 1), so every
+    logarithm is finite.
+    """
+    t, w = int(threshold_days), int(recent_window_days)
+    x = covariate_matrix(covariates)
+    col = {name: x[:, j] for j, name in enumerate(COVARIATE_NAMES)}
+    d = np.clip(col["days_since_last_attempt"], 0.0, t - 1.0)
+    n = np.clip(np.minimum(w, col["tenure_days_capped"] + 1.0), 1.0, w)
+    a = np.clip(col["active_share_recent"], 0.0, 1.0) * n
+    n7 = np.minimum(7.0, n)
+    a7 = np.clip(col["active_days_last_7"], 0.0, n7)
+    log_idle = np.log1p(-(a + 1.0) / (n + 2.0))
+    log_idle_7 = np.log1p(-(a7 + 1.0) / (n7 + 2.0))
+    short = 1.0 - n / w
+    derived = {
+        "log_p_idle_day": log_idle,
+        "log_p_idle_to_threshold": (t - d) * log_idle,
+        "log_p_idle_to_threshold_7d": (t - d) * log_idle_7,
+        "log_days_to_threshold": np.log(t - d),
+        "active_on_landmark": (d <= 0.0).astype(np.float64),
+        "short_window_x_log_p_idle_day": short * log_idle,
+        "short_window_x_log_p_idle_to_threshold": short * (t - d) * log_idle,
+    }
+    out = pd.DataFrame(x, columns=list(COVARIATE_NAMES), index=covariates.index)
+    for name in DERIVED_NAMES:
+        out[name] = derived[name]
+    return out
+
+
+@dataclass(frozen=True, eq=False)  # numpy fields: compare to_json() instead
+class ChurnModel:
+    """The churn model: ``P(churn gap begins within h days of the landmark | x)`` on the landmark clock.
+
+    **Why two parts.** More than half of the churn events are at ``t = 1``: a gap already under way at the landmark
+    (or beginning the next day). Whether the current run of empty days reaches ``T`` depends on the covariates in a
+    way the later days do not share (``days_since_last_attempt`` and the visit rate dominate it), so a single
+    proportional-hazards fit cannot give the first day its own covariate effects, and S was miscalibrated. The
+    first day has its own model; the days after it keep a Cox model:
+
+    - *first day*: ``p1(x) = P(t = 1 | x) = expit(b0 + (f1(x) - m1) . c1)``, a logistic regression on every landmark
+      row (each row's day-1 outcome is known: every row has at least one day of follow-up);
+    - *later days*: among rows that survived day 1 and are followed beyond it (``duration >= 2``), a Cox model
+      ``h(t | x) = h02(t) exp((f2(x) - m2) . b2)`` for ``t >= 2`` (:class:`~learnpulse.engines.survival.CoxPH`,
+      Efron ties). All its rows are at risk from ``t = 1``, so this is the Cox model of ``t`` given ``t > 1``.
+
+    ``f1`` and ``f2`` are :func:`model_features` (``FEATURES``; any feature constant in the training rows is left
+    out and listed in ``dropped``). The derived features put the first day's mechanism on the linear-predictor
+    scale: the current run of empty days becomes churn when the student stays away ``T - d`` more days, which has
+    log-probability ``(T - d) ln(1 - v)`` for a visit rate ``v``. ``v`` is smoothed (Laplace) and may count for less
+    when it comes from a short window, because about half of the training rows are of students with less than
+    ``W`` days of history while most scored students have a full window: without that, the rate's effect fitted
+    on the mixture is too weak for the scored students (regression dilution) and S too flat across deciles.
+    (Also tried on simulated schools: a single Cox model with the same derived features, which stays
+    miscalibrated; and isotonic recalibration of S on out-of-fold rows, which helped about as much as the
+    short-window terms but costs five extra fits and explains nothing. Not tried: covariate x log(t) terms in one
+    Cox model.) The survival function is ``S(t | x) = 1`` for ``t < 1`` and
+    ``(1 - p1(x)) exp(-H02(t) exp(lp2(x)))`` for ``t >= 1`` (``H02 = 0`` before the first later event, ``t >= 2``),
+    i.e. the cumulative hazard ``L(t | x) = [t >= 1] ln(1 + e^eta1(x)) + H02(t) exp(lp2(x))``. Then
+    ``P(t <= at + h | t > at, x) = 1 - exp(-(L(at + h) - L(at)))``, and S at a landmark is that with ``at = 0``,
+    ``h = T``: ``S = p1 + (1 - p1) (1 - exp(-H02(T) exp(lp2)))``.
+
+    **Explanations.** ``linear_predictor(x) = ln L(T | x) - ln L(T | xbar)``, ``xbar`` the training means of the
+    covariates (``reference``): the log of how many times the student's ``T``-day cumulative hazard is that of a
+    student at the means. A covariate's ``contribution`` is ``ln L(T | x) - ln L(T | x with that covariate at its
+    training mean)``; ``exp(contribution)`` is how much that covariate multiplies the student's cumulative hazard.
+    With a single Cox model both reduce to the usual ``lp`` and ``beta_j (x_j - mean_j)``; here a covariate acts
+    through its derived features too, and the contributions need not add up to the linear predictor.
+    """
+
+    threshold_days: int
+    recent_window_days: int
+    reference: FloatArray  # training means of COVARIATE_NAMES
+    covariate_scales: FloatArray  # training SDs of COVARIATE_NAMES
+    first_day: Logit
+    later_days: CoxPH
+    dropped: tuple[tuple[str, str], ...] = ()  # (component, feature) constant in the training rows
+
+    covariates: tuple[str, ...] = COVARIATE_NAMES
+
+    @classmethod
+    def fit(cls, rows: pd.DataFrame, *, threshold_days: int) -> ChurnModel:
+        """Fit both parts on landmark rows (``duration, event`` and the covariates, as :func:`landmark_rows`
+        makes them). Too few events for a part is an :class:`InsufficientDataError`."""
+        t = int(threshold_days)
+        w = recent_days(t)
+        features = model_features(rows, threshold_days=t, recent_window_days=w)
+        duration = rows["duration"].to_numpy(dtype=np.float64)
+        event = rows["event"].to_numpy(dtype=np.float64)
+        later = duration >= 2
+        if not (event[later] > 0).any():
+            raise InsufficientDataError(
+                f"no churn gap begins after the first day in {int(later.sum())} rows followed beyond it: the "
+                "later-days model has no event",
+                {"rows": int(later.sum()), "events": 0},
+            )
+        dropped: list[tuple[str, str]] = []
+
+        def varying(component: str, mask: BoolArray) -> list[str]:
+            keep = []
+            for name in FEATURES[component]:
+                if np.ptp(features[name].to_numpy()[mask]) > 0:
+                    keep.append(name)
+                else:
+                    dropped.append((component, name))
+            return keep
+
+        everyone = np.ones(len(rows), dtype=bool)
+        first_names = varying(FIRST_DAY, everyone)
+        later_names = varying(LATER_DAYS, later)
+        first = Logit.fit(features[first_names].to_numpy(), (event > 0) & (duration <= 1), first_names)
+        cox = CoxPH().fit(duration[later], event[later], features.loc[later, later_names])
+        x = covariate_matrix(rows)
+        return cls(
+            threshold_days=t,
+            recent_window_days=w,
+            reference=x.mean(axis=0),
+            covariate_scales=x.std(axis=0, ddof=1) if len(x) > 1 else np.zeros(x.shape[1]),
+            first_day=first,
+            later_days=cox,
+            dropped=tuple(dropped),
+        )
+
+    # --- prediction -------------------------------------------------------------------------------------------
+
+    def _parts(self, covariates: pd.DataFrame) -> tuple[FloatArray, FloatArray]:
+        """Per row: ``-ln(1 - p1) = ln(1 + e^eta1)`` and the later-days relative hazard ``exp(lp2)``."""
+        f = model_features(covariates, threshold_days=self.threshold_days, recent_window_days=self.recent_window_days)
+        first = softplus(self.first_day.log_odds(f[list(self.first_day.features)].to_numpy()))
+        relative = np.exp(self.later_days.linear_predictor(f[self.later_days.feature_names_ or []]))
+        return first, cast(FloatArray, relative)
+
+    def cumulative_hazard(self, covariates: pd.DataFrame, times: npt.ArrayLike) -> FloatArray:
+        """``L(t | x)`` per row for one time per row (or one time for all rows): see the class docstring."""
+        first, relative = self._parts(covariates)
+        tt = np.broadcast_to(np.asarray(times, dtype=np.float64), first.shape)
+        return cast(
+            FloatArray, np.where(tt >= 1.0, first, 0.0) + self.later_days.baseline_cumulative_hazard(tt) * relative
+        )
+
+    def event_probability(
+        self, covariates: pd.DataFrame, *, at: float | npt.ArrayLike = 0.0, horizon: float | npt.ArrayLike | None = None
+    ) -> FloatArray:
+        """``P(t <= at + horizon | t > at, x) = 1 - exp(-(L(at + horizon) - L(at)))`` per row (``horizon``
+        default ``T``); ``at = 0``, ``horizon = T`` is S."""
+        h = float(self.threshold_days) if horizon is None else horizon
+        n = len(covariates)
+        start = np.broadcast_to(np.asarray(at, dtype=np.float64), (n,))
+        span = np.broadcast_to(np.asarray(h, dtype=np.float64), (n,))
+        if (start < 0).any() or (span < 0).any():
+            raise InvalidInputError("at and horizon must be >= 0", {"problems": [{"column": "at/horizon"}]})
+        first, relative = self._parts(covariates)
+        base = self.later_days.baseline_cumulative_hazard
+
+        def cumulative(tt: FloatArray) -> FloatArray:
+            return cast(FloatArray, np.where(tt >= 1.0, first, 0.0) + base(tt) * relative)
+
+        return cast(FloatArray, -np.expm1(-(cumulative(start + span) - cumulative(start))))
+
+    def _log_cumulative_hazard(self, covariates: pd.DataFrame) -> FloatArray:
+        first, relative = self._parts(covariates)
+        h02 = float(self.later_days.baseline_cumulative_hazard([float(self.threshold_days)])[0])
+        return cast(FloatArray, np.log(first + h02 * relative))
+
+    def _reference_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.reference[None, :], columns=list(self.covariates))
+
+    def linear_predictor(self, covariates: pd.DataFrame) -> FloatArray:
+        """``ln L(T | x) - ln L(T | reference)`` per row (see the class docstring)."""
+        reference = float(self._log_cumulative_hazard(self._reference_frame())[0])
+        return self._log_cumulative_hazard(covariates) - reference
+
+    def contributions(self, covariates: pd.DataFrame) -> pd.DataFrame:
+        """Per row and covariate: ``ln L(T | x) - ln L(T | x with the covariate at its training mean)``."""
+        x = pd.DataFrame(covariate_matrix(covariates), columns=list(self.covariates), index=covariates.index)
+        full = self._log_cumulative_hazard(x)
+        out = {}
+        for j, name in enumerate(self.covariates):
+            moved = x.copy()
+            moved[name] = self.reference[j]
+            out[name] = full - self._log_cumulative_hazard(moved)
+        return pd.DataFrame(out, index=covariates.index)
+
+    # --- results ----------------------------------------------------------------------------------------------
+
+    @property
+    def log_likelihood(self) -> float:
+        """First-day Bernoulli log-likelihood + later-days Cox partial log-likelihood (the two parts' likelihoods
+        multiply: the first depends on the day-1 outcomes, the second on the later days given survival)."""
+        return self.first_day.log_likelihood + float(self.later_days.log_likelihood_ or 0.0)
+
+    @property
+    def n_events(self) -> dict[str, int]:
+        return {FIRST_DAY: self.first_day.events, LATER_DAYS: int(self.later_days.events_ or 0)}
+
+    def formula(self) -> str:
+        later = self.later_days.feature_names_ or []
+        return f"logit P(t = 1) ~ {' + '.join(self.first_day.features)}; Surv(t, churn) | t > 1 ~ {' + '.join(later)}"
+
+    def coefficients(self) -> list[dict[str, Any]]:
+        """One row per part and feature: the first day's log odds ratios (``odds_ratio`` with its 95% interval),
+        then the later days' log hazard ratios (``hazard_ratio`` with its interval); se, z, p, training mean, sd."""
+        rows: list[dict[str, Any]] = []
+        for component, table in ((FIRST_DAY, self.first_day.summary()), (LATER_DAYS, self.later_days.summary())):
+            for name, values in table.iterrows():
+                rows.append(
+                    {
+                        "component": component,
+                        "covariate": str(name),
+                        "unit": UNITS.get(str(name), ""),
+                        **{str(k): float(v) for k, v in values.items()},
+                    }
+                )
+        return rows
+
+    # --- serialisation ----------------------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        """The fitted model as plain JSON types (exact round trip through :meth:`from_json`)."""
+        return envelope(
+            MODEL_ENGINE,
+            MODEL_FORMAT_VERSION,
+            {
+                "threshold_days": self.threshold_days,
+                "recent_window_days": self.recent_window_days,
+                "covariates": list(self.covariates),
+                "reference": [float(v) for v in self.reference],
+                "covariate_scales": [float(v) for v in self.covariate_scales],
+                "dropped": [{"component": c, "feature": f} for c, f in self.dropped],
+                FIRST_DAY: self.first_day.to_json(),
+                LATER_DAYS: self.later_days.to_json(),
+            },
+        )
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ChurnModel:
+        """Rebuild a fitted model from :meth:`to_json` output (another engine's or version's JSON, e.g. a plain
+        ``CoxPH`` stored by an earlier version of the job, is an :class:`InvalidInputError`)."""
+        body = open_envelope(data, MODEL_ENGINE, {MODEL_FORMAT_VERSION})
+        try:
+            covariates = tuple(str(v) for v in body["covariates"])
+            if covariates != COVARIATE_NAMES:
+                raise ValueError(f"covariates {covariates} are not this version's {COVARIATE_NAMES}")
+            p = len(covariates)
+            first = Logit.from_json(body[FIRST_DAY])
+            unknown = set(first.features) - set(FEATURES[FIRST_DAY])
+            if unknown:
+                raise ValueError(f"unknown first-day features {sorted(unknown)}")
+            model = cls(
+                threshold_days=int(body["threshold_days"]),
+                recent_window_days=int(body["recent_window_days"]),
+                reference=finite_array(body["reference"], (p,), "reference"),
+                covariate_scales=finite_array(body["covariate_scales"], (p,), "covariate_scales"),
+                first_day=first,
+                later_days=CoxPH.from_json(body[LATER_DAYS]),
+                dropped=tuple((str(d["component"]), str(d["feature"])) for d in body["dropped"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInputError(
+                f"malformed serialised {MODEL_ENGINE} model: {exc}", {"engine": MODEL_ENGINE}
+            ) from exc
+        if not set(model.later_days.feature_names_ or []) <= set(FEATURES[LATER_DAYS]):
+            raise InvalidInputError(f"malformed serialised {MODEL_ENGINE} model: unknown later-days features", {})
+        return model

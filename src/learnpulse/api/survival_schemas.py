@@ -64,21 +64,31 @@ class ChurnCovariate(BaseModel):
 
 
 class DroppedCovariate(BaseModel):
+    """A feature left out of one part of the model (``component``) because it was constant in the training rows."""
+
     name: str
     reason: str
+    component: Literal["first_day", "later_days"] | None = None
 
 
 class ChurnCoefficient(BaseModel):
-    """One covariate of the churn model: log hazard ratio per unit, its standard error (model-based), the hazard
-    ratio with its 95% interval, z and p; ``mean``/``sd`` are the training rows' (null: not finite)."""
+    """One feature of one part of the churn model. ``component`` ``first_day``: the logistic regression of
+    ``P(t = 1)``, ``coef`` a log odds ratio per unit with ``odds_ratio`` and its 95% interval; ``later_days``: the
+    Cox model of the days after the first, ``coef`` a log hazard ratio per unit with ``hazard_ratio`` and its
+    interval. Standard errors are model-based; z and p are Wald's; ``mean``/``sd`` are the training rows' (null: not
+    finite). ``component`` null: a fit stored before the two-part model (one Cox model for all days)."""
 
+    component: Literal["first_day", "later_days"] | None = None
     covariate: str
     unit: str
     coef: float | None
     se: float | None
-    hazard_ratio: float | None
-    hr_lower: float | None
-    hr_upper: float | None
+    odds_ratio: float | None = None
+    or_lower: float | None = None
+    or_upper: float | None = None
+    hazard_ratio: float | None = None
+    hr_lower: float | None = None
+    hr_upper: float | None = None
     z: float | None
     p: float | None
     mean: float | None = None
@@ -119,10 +129,15 @@ class ChurnModel(BaseModel):
     as_of: date = Field(description="As-of date of the fit (the latest stored).")
     lookback_days: int
     threshold_days: int = Field(description="T: a gap this long is churn; also the horizon of S.")
-    formula: str
-    covariates: list[ChurnCovariate] = Field(description="The model's covariates, in order, with units.")
+    formula: str = Field(description="The two parts: the first day's logistic regression, the later days' Cox model.")
+    covariates: list[ChurnCovariate] = Field(
+        description="The model's covariates (its inputs, what POST /survival/predict takes), in order, with units."
+    )
+    derived_covariates: list[ChurnCovariate] = Field(
+        default_factory=list, description="Features the model derives from the covariates (fixed formulas)."
+    )
     dropped_covariates: list[DroppedCovariate]
-    coefficients: list[ChurnCoefficient]
+    coefficients: list[ChurnCoefficient] = Field(description="First-day rows, then later-days rows.")
     n: int = Field(description="Training landmark rows.")
     n_students: int = Field(description="Training students.")
     events: int = Field(description="Churn events in the training rows.")
@@ -134,7 +149,7 @@ class ChurnModel(BaseModel):
     calibration_mean_abs_gap: float | None
     landmarks: list[LandmarkInfo]
     model: dict[str, Any] | None = Field(
-        None, description="The model itself (CoxPH.to_json); only with include_model=true."
+        None, description="The model itself (ChurnModel.to_json); only with include_model=true."
     )
 
 
@@ -186,8 +201,9 @@ class SurvivalPredictRequest(BaseModel):
 
 
 class TopFactor(BaseModel):
-    """A covariate that raises the student's hazard: ``contribution = beta * (value - training mean)``,
-    ``hazard_ratio = exp(contribution)``."""
+    """A covariate that raises the student's churn risk: ``contribution = ln L(x) - ln L(x with this covariate at
+    its training mean)``, ``L`` the cumulative hazard over the horizon ``T``; ``hazard_ratio = exp(contribution)``:
+    how many times the covariate multiplies the student's cumulative hazard."""
 
     covariate: str
     value: float | None = None
@@ -211,14 +227,18 @@ class StudentPrediction(BaseModel):
     user_id: int
     status: PredictStatus
     s: float | None = Field(None, description="S: P(a churn gap begins within threshold_days | active so far).")
-    linear_predictor: float | None = None
+    linear_predictor: float | None = Field(
+        None, description="ln of the T-day cumulative hazard over that of a student at the training means."
+    )
     days_since_last_attempt: int | None = Field(None, description="Also set for churned students.")
     top_factors: list[TopFactor] | None = None
 
 
 class RowPrediction(BaseModel):
     s: float = Field(description="P(t <= at + horizon_days | t > at, x).")
-    linear_predictor: float
+    linear_predictor: float = Field(
+        description="ln of the T-day cumulative hazard over that of a student at the training means."
+    )
     top_factors: list[TopFactor]
 
 

@@ -1,4 +1,4 @@
-"""fit-survival-churn: the churn model (Cox proportional hazards on landmark rows) and churn risk ``S``.
+"""fit-survival-churn: the churn model (two parts on landmark rows) and churn risk ``S``.
 
 One run, as of date ``A`` (``T`` = ``SURVIVAL_EVENT_THRESHOLD_DAYS``; definitions in :mod:`learnpulse.churn`):
 
@@ -8,15 +8,18 @@ One run, as of date ``A`` (``T`` = ``SURVIVAL_EVENT_THRESHOLD_DAYS``; definition
    censored at what the data can tell and at the horizon ``T``;
 3. split by student (a fixed hash of ``user_id``): 20% held out. Fewer than 10 training events per covariate is an
    ``InsufficientDataError``: the run fails, is recorded as failed, and the previous model stays the latest;
-4. fit :class:`~learnpulse.engines.survival.CoxPH` on the training students' rows. Rows of one student at
-   different landmarks are correlated; the point estimates are consistent regardless (each landmark's rows are a
-   valid Cox sample), but the model-based standard errors are too small by an unknown factor (no cluster-robust
-   SE yet), as survival_fit_meta notes;
+4. fit :class:`~learnpulse.churn.ChurnModel` on the training students' rows: a logistic regression for the
+   first day (``t = 1``: mostly gaps already under way at the landmark) and a Cox model
+   (:class:`~learnpulse.engines.survival.CoxPH`) for the days after it, on the covariates and features derived
+   from them (why two parts, and the maths: the class docstring). Rows of one student at different landmarks are
+   correlated; the point estimates are consistent regardless (each landmark's rows are a valid sample), but the
+   model-based standard errors are too small by an unknown factor (no cluster-robust SE yet), as
+   survival_fit_meta notes;
 5. evaluate on the held-out students: Harrell's C of S, and predicted vs observed churn within ``T`` days by
    decile of S on held-out rows with the full ``T``-day follow-up;
 6. score every student at risk at ``A``: ``S = P(a churn gap begins within the next T days | x)`` =
-   ``model.predict_event_probability(x, at=0, horizon=T)`` on the landmark clock, with each student's top
-   contributing covariates; store the model (``survival_fit_meta``), the scores (``survival_score``) and, when
+   ``model.event_probability(x, at=0, horizon=T)`` on the landmark clock, with each student's top contributing
+   covariates; store the model (``survival_fit_meta``), the scores (``survival_score``) and, when
    ``SURVIVAL_UPDATE_KPI`` is true, ``weekly_kpi.s`` of the week containing ``A``.
 
 All writes go through the run's one transaction and replace the rows of the same as-of date.
@@ -34,7 +37,7 @@ import pandas as pd
 from sqlalchemy import Connection
 
 from learnpulse import churn
-from learnpulse.engines.survival import CoxPH, concordance_index
+from learnpulse.engines.survival import concordance_index
 from learnpulse.errors import InsufficientDataError
 from learnpulse.jobs.base import Job, JobContext, JobOutcome
 from learnpulse.schedule import BY_NAME, cron_of
@@ -92,14 +95,15 @@ def current_covariates(
     return churn.at_risk_covariates(activity, as_of, threshold_days=threshold_days)
 
 
-def score(model: CoxPH, current: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
+def score(model: churn.ChurnModel, current: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
     """S of the rows of ``current`` (``user_id`` and covariates at the scoring landmark): ``user_id, s,
-    linear_predictor, days_since_last_attempt, top_factors``. ``S = P(t <= horizon | x)`` on the landmark clock."""
-    names = list(model.feature_names_ or [])
+    linear_predictor, days_since_last_attempt, top_factors``. ``S = P(t <= horizon | x)`` on the landmark clock;
+    ``linear_predictor`` and the factors' contributions are on the log scale of the ``T``-day cumulative hazard
+    (:class:`~learnpulse.churn.ChurnModel`)."""
     if len(current):
-        s_now = model.predict_event_probability(current[names], at=0, horizon=horizon_days)
-        lp_now = model.linear_predictor(current[names])
-        factors = churn.top_factors(model.contributions(current[names]), current, TOP_FACTORS)
+        s_now = model.event_probability(current, at=0, horizon=horizon_days)
+        lp_now = model.linear_predictor(current)
+        factors = churn.top_factors(model.contributions(current), current, TOP_FACTORS)
     else:
         s_now, lp_now, factors = np.zeros(0), np.zeros(0), []
     return pd.DataFrame(
@@ -161,22 +165,24 @@ def run(ctx: JobContext) -> JobOutcome:
     held = churn.heldout_students(rows["user_id"].to_numpy(), HELDOUT_FRACTION)
     train, test = rows[~held], rows[held]
 
-    names = [n for n in churn.COVARIATE_NAMES if len(train) > 1 and np.ptp(train[n].to_numpy()) > 0]
-    dropped = [n for n in churn.COVARIATE_NAMES if n not in names]
+    varying = [n for n in churn.COVARIATE_NAMES if len(train) > 1 and np.ptp(train[n].to_numpy()) > 0]
     events = int(train["event"].sum())
-    needed = MIN_EVENTS_PER_COVARIATE * (len(names) or len(churn.COVARIATE_NAMES))
-    if events < needed or not names:
+    needed = MIN_EVENTS_PER_COVARIATE * (len(varying) or len(churn.COVARIATE_NAMES))
+    if events < needed or not varying:
         raise InsufficientDataError(
             f"too few churn events to fit the survival model: {events} in {len(train)} training rows "
             f"({train['user_id'].nunique()} students, landmarks {landmarks[-1]} .. {landmarks[0]}); need at least "
             f"{needed} ({MIN_EVENTS_PER_COVARIATE} per covariate); {_previous_model(ctx)}",
             {"events": events, "needed": needed, "rows": len(train), "as_of": as_of.isoformat()},
         )
-    ctx.say(f"fitting on {len(train)} rows ({events} events), {len(names)} covariates")
-    model = CoxPH().fit(train["duration"], train["event"], train[names])
+    ctx.say(f"fitting on {len(train)} rows ({events} events), {len(varying)} varying covariates")
+    try:
+        model = churn.ChurnModel.fit(train, threshold_days=t)
+    except InsufficientDataError as exc:
+        raise InsufficientDataError(f"{exc.message}; {_previous_model(ctx)}", exc.details) from exc
 
     # --- held-out evaluation ------------------------------------------------------------------------------------
-    s_test = model.predict_event_probability(test[names], at=0, horizon=t) if len(test) else np.zeros(0)
+    s_test = model.event_probability(test, at=0, horizon=t) if len(test) else np.zeros(0)
     c_heldout = _concordance(test, s_test)
     full = (test["landmark"] <= as_of - timedelta(days=2 * t - 1)).to_numpy()  # full T-day follow-up
     observed = ((test["event"] == 1) & (test["duration"] <= t)).to_numpy()[full]
@@ -184,7 +190,7 @@ def run(ctx: JobContext) -> JobOutcome:
 
     # --- scores at the as-of date -------------------------------------------------------------------------------
     current = churn.at_risk_covariates(activity, as_of, threshold_days=t)
-    scored = score(model, current, t)  # the model's covariates are `names`
+    scored = score(model, current, t)
     scores = scored.assign(run_id=ctx.run_id)[
         ["user_id", "run_id", "s", "linear_predictor", "days_since_last_attempt", "top_factors"]
     ]
@@ -192,8 +198,6 @@ def run(ctx: JobContext) -> JobOutcome:
     meta = _meta_row(
         ctx,
         model=model,
-        names=names,
-        dropped=dropped,
         rows=rows,
         train=train,
         test=test,
@@ -224,9 +228,7 @@ def run(ctx: JobContext) -> JobOutcome:
 def _meta_row(
     ctx: JobContext,
     *,
-    model: CoxPH,
-    names: list[str],
-    dropped: list[str],
+    model: churn.ChurnModel,
     rows: pd.DataFrame,
     train: pd.DataFrame,
     test: pd.DataFrame,
@@ -235,12 +237,6 @@ def _meta_row(
     calibration: list[dict[str, Any]],
 ) -> dict[str, Any]:
     t = ctx.settings.survival_event_threshold_days
-    by_name = {c.name: c for c in churn.COVARIATES}
-    summary = model.summary()
-    coefficients = [
-        {"covariate": name, "unit": by_name[name].unit, **{str(k): v for k, v in summary.loc[name].items()}}
-        for name in names
-    ]
     per_landmark = rows.groupby("landmark").agg(rows=("event", "size"), events=("event", "sum"))
     last_start = ctx.as_of - timedelta(days=t - 1)
     landmark_info = [
@@ -252,25 +248,34 @@ def _meta_row(
         }
         for lm in landmarks
     ]
-    assert model.baseline_times_ is not None and model.baseline_cumulative_hazard_ is not None
-    assert model.means_ is not None and model.scales_ is not None
+    cox = model.later_days
+    assert cox.baseline_times_ is not None and cox.baseline_cumulative_hazard_ is not None
+    s_train = model.event_probability(train, at=0, horizon=t)
     row = {
         "run_id": ctx.run_id,
         "as_of": ctx.as_of,
         "lookback_days": ctx.settings.survival_lookback_days,
         "threshold_days": t,
         "landmarks": landmark_info,
-        "formula": f"Surv(t, churn) ~ {' + '.join(names)}",
+        "formula": model.formula(),
         "covariates": {
-            "used": [by_name[n].to_json() for n in names],
-            "dropped": [{"name": n, "reason": "constant in the training rows"} for n in dropped],
-            "recent_window_days": churn.recent_days(t),
+            "used": [c.to_json() for c in churn.COVARIATES],
+            "derived": [c.to_json() for c in churn.DERIVED],
+            "features": {
+                churn.FIRST_DAY: list(model.first_day.features),
+                churn.LATER_DAYS: list(cox.feature_names_ or []),
+            },
+            "dropped": [
+                {"name": feature, "component": component, "reason": "constant in the training rows"}
+                for component, feature in model.dropped
+            ],
+            "recent_window_days": model.recent_window_days,
             "horizon_days": t,
             "landmark_spacing_days": churn.LANDMARK_SPACING_DAYS,
             "standard_errors": "model-based; rows of one student at several landmarks are correlated, so they "
             "understate the uncertainty",
         },
-        "coefficients": coefficients,
+        "coefficients": model.coefficients(),
         "n_rows": len(train),
         "n_students": int(train["user_id"].nunique()),
         "n_events": int(train["event"].sum()),
@@ -282,7 +287,7 @@ def _meta_row(
             "events": int(test["event"].sum()),
             "concordance": c_heldout,
         },
-        "concordance_train": model.concordance_,
+        "concordance_train": _concordance(train, s_train),
         "concordance_heldout": c_heldout,
         "calibration": {
             "rows": "held-out landmark rows with the full follow-up (landmark <= as_of - 2T + 1)",
@@ -291,15 +296,21 @@ def _meta_row(
             "mean_abs_gap": churn.mean_calibration_gap(calibration),
         },
         "baseline": {
-            "times": [float(v) for v in model.baseline_times_],
-            "cumulative_hazard": [float(v) for v in model.baseline_cumulative_hazard_],
-            "at": "the training means of the covariates",
+            "times": [float(v) for v in cox.baseline_times_],
+            "cumulative_hazard": [float(v) for v in cox.baseline_cumulative_hazard_],
+            "at": "later days (t >= 2, given t > 1): the training means of the later-days features",
+            churn.FIRST_DAY: {
+                "log_odds_at_means": model.first_day.intercept,
+                "probability_at_means": 1.0 / (1.0 + math.exp(-model.first_day.intercept)),
+            },
+            "events": model.n_events,
         },
         "standardization": {
-            "means": dict(zip(names, (float(v) for v in model.means_), strict=True)),
-            "scales": dict(zip(names, (float(v) for v in model.scales_), strict=True)),
+            "means": dict(zip(churn.COVARIATE_NAMES, (float(v) for v in model.reference), strict=True)),
+            "scales": dict(zip(churn.COVARIATE_NAMES, (float(v) for v in model.covariate_scales), strict=True)),
+            "use": "training means and SDs of the covariates; the explanations move a covariate to its mean",
         },
-        "log_likelihood": model.log_likelihood_,
+        "log_likelihood": model.log_likelihood,
         "model": model.to_json(),
     }
     return {k: _finite(v) for k, v in row.items()}

@@ -8,7 +8,6 @@ are parsed in Python. Writes are delete-and-replace by as-of date, so a re-run g
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 from datetime import date, timedelta
@@ -16,13 +15,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pacsv
 from sqlalchemy import Connection, and_, delete, desc, insert, or_, select, text
 
 from learnpulse.store import runs
 from learnpulse.store.buckets import date_param, week_start
-from learnpulse.store.bulk import insert_frame
+from learnpulse.store.bulk import date_literal, day_number_sql, insert_frame, numeric_frame, users_sql
 from learnpulse.store.kpi import KpiState
 from learnpulse.store.reads import Slice
 from learnpulse.store.tables import (
@@ -35,17 +32,8 @@ from learnpulse.store.tables import (
 )
 
 BUILD_KPI = "build-kpi"
-_FETCH_ROWS = 250_000
 _IN_CHUNK = 500  # ids per IN (...) list
 EPOCH = date(1970, 1, 1)
-
-
-def _day_number_sql(dialect: str, column: str) -> str:
-    """SQL for the day number (days since 1970-01-01) of a DATE column."""
-    if dialect == "postgresql":
-        return f"({column} - DATE '1970-01-01')"
-    # julianday('1970-01-01') = 2440587.5 and every 'YYYY-MM-DD' is a whole day after it: the difference is exact.
-    return f"CAST(julianday({column}) - 2440587.5 AS INTEGER)"
 
 
 def kpi_built_through(conn: Connection) -> date | None:
@@ -63,13 +51,13 @@ def load_daily_activity(
     """One row per student and active local day in ``start .. end``: ``user_id, day`` (day number), ``attempts,
     correct, time_spent_s`` (summed over topics). ``user_ids``: only those students (None: all)."""
     dialect = conn.dialect.name
-    return _numeric_frame(
+    return numeric_frame(
         conn,
         f"""
-        SELECT user_id, {_day_number_sql(dialect, "day")} AS day,
+        SELECT user_id, {day_number_sql(dialect, "day")} AS day,
                SUM(attempts) AS attempts, SUM(correct) AS correct, SUM(time_spent_s) AS time_spent_s
         FROM features_topic_daily
-        WHERE day BETWEEN {_date_literal(dialect, start)} AND {_date_literal(dialect, end)}{_users_sql(user_ids)}
+        WHERE day BETWEEN {date_literal(dialect, start)} AND {date_literal(dialect, end)}{users_sql(user_ids)}
         GROUP BY user_id, day
         """,
         {"user_id": np.int64, "day": np.int64, "attempts": np.int64, "correct": np.int64, "time_spent_s": np.float64},
@@ -80,11 +68,11 @@ def load_first_days(conn: Connection, *, end: date, user_ids: Sequence[int] | No
     """Every student's first active local day on or before ``end``: ``user_id, first_day`` (day number).
     ``user_ids``: only those students (None: all)."""
     dialect = conn.dialect.name
-    return _numeric_frame(
+    return numeric_frame(
         conn,
         f"""
-        SELECT user_id, {_day_number_sql(dialect, "MIN(day)")} AS first_day
-        FROM features_topic_daily WHERE day <= {_date_literal(dialect, end)}{_users_sql(user_ids)} GROUP BY user_id
+        SELECT user_id, {day_number_sql(dialect, "MIN(day)")} AS first_day
+        FROM features_topic_daily WHERE day <= {date_literal(dialect, end)}{users_sql(user_ids)} GROUP BY user_id
         """,
         {"user_id": np.int64, "first_day": np.int64},
     )
@@ -93,12 +81,12 @@ def load_first_days(conn: Connection, *, end: date, user_ids: Sequence[int] | No
 def load_last_active_days(conn: Connection, *, start: date, end: date) -> pd.DataFrame:
     """Students with an active day in ``start .. end`` and their last one: ``user_id, last_day`` (day number)."""
     dialect = conn.dialect.name
-    return _numeric_frame(
+    return numeric_frame(
         conn,
         f"""
-        SELECT user_id, {_day_number_sql(dialect, "MAX(day)")} AS last_day
+        SELECT user_id, {day_number_sql(dialect, "MAX(day)")} AS last_day
         FROM features_topic_daily
-        WHERE day BETWEEN {_date_literal(dialect, start)} AND {_date_literal(dialect, end)}
+        WHERE day BETWEEN {date_literal(dialect, start)} AND {date_literal(dialect, end)}
         GROUP BY user_id
         """,
         {"user_id": np.int64, "last_day": np.int64},
@@ -108,11 +96,11 @@ def load_last_active_days(conn: Connection, *, start: date, end: date) -> pd.Dat
 def load_last_days_of(conn: Connection, user_ids: Sequence[int], *, end: date) -> dict[int, date]:
     """The last active local day on or before ``end`` of each of ``user_ids`` that has one."""
     dialect = conn.dialect.name
-    frame = _numeric_frame(
+    frame = numeric_frame(
         conn,
         f"""
-        SELECT user_id, {_day_number_sql(dialect, "MAX(day)")} AS last_day
-        FROM features_topic_daily WHERE day <= {_date_literal(dialect, end)}{_users_sql(user_ids)} GROUP BY user_id
+        SELECT user_id, {day_number_sql(dialect, "MAX(day)")} AS last_day
+        FROM features_topic_daily WHERE day <= {date_literal(dialect, end)}{users_sql(user_ids)} GROUP BY user_id
         """,
         {"user_id": np.int64, "last_day": np.int64},
     )
@@ -133,64 +121,6 @@ def known_students(conn: Connection, user_ids: Sequence[int]) -> set[int]:
                 int(u) for u in conn.execute(select(table.c.user_id).where(table.c.user_id.in_(part))).scalars()
             )
     return found
-
-
-def _users_sql(user_ids: Sequence[int] | None) -> str:
-    """`` AND user_id IN (...)`` for a list of ids (integers, so nothing foreign reaches the SQL text); empty for
-    None. The ids are written into the statement because PostgreSQL's ``COPY (query)`` takes no parameters."""
-    if user_ids is None:
-        return ""
-    ids = sorted({int(u) for u in user_ids})
-    return f" AND user_id IN ({', '.join(str(u) for u in ids)})" if ids else " AND 1 = 0"
-
-
-def _date_literal(dialect: str, value: date) -> str:
-    """A DATE literal (built from a ``date``, so nothing foreign reaches the SQL text)."""
-    iso = date.fromordinal(value.toordinal()).isoformat()
-    return f"DATE '{iso}'" if dialect == "postgresql" else f"'{iso}'"
-
-
-def _numeric_frame(conn: Connection, sql: str, columns: dict[str, Any]) -> pd.DataFrame:
-    """Run a query whose columns are all numeric and return them as typed NumPy columns, fast.
-
-    Millions of rows (the daily activity of 50,000 students) make Python row objects the bottleneck, so rows
-    travel the cheapest way each driver offers: PostgreSQL ``COPY (query) TO STDOUT`` parsed by Arrow's CSV reader;
-    SQLite plain tuples in chunks turned into one NumPy array each. NULL becomes NaN (0 in integer columns).
-    """
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    names = list(columns)
-    if conn.dialect.name == "postgresql":
-        buf = io.BytesIO()
-        with raw.cursor() as cur, cur.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv)") as copy:
-            for data in copy:
-                buf.write(data)
-        if buf.tell() == 0:
-            return pd.DataFrame({n: np.zeros(0, dtype=t) for n, t in columns.items()})
-        buf.seek(0)
-        table = pacsv.read_csv(
-            buf,
-            read_options=pacsv.ReadOptions(column_names=names),
-            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.float64())),
-        )
-        values = {n: table.column(n).to_numpy(zero_copy_only=False) for n in names}
-    else:
-        cur = raw.cursor()
-        try:
-            cur.execute(sql)
-            chunks = []
-            while rows := cur.fetchmany(_FETCH_ROWS):
-                chunks.append(np.array(rows, dtype=np.float64).reshape(len(rows), len(names)))
-        finally:
-            cur.close()
-        matrix = np.concatenate(chunks) if chunks else np.zeros((0, len(names)))
-        values = {n: matrix[:, i] for i, n in enumerate(names)}
-    return pd.DataFrame(
-        {
-            n: (np.nan_to_num(values[n]).astype(t) if np.issubdtype(t, np.integer) else values[n].astype(t))
-            for n, t in columns.items()
-        }
-    )
 
 
 # --- fitted models ---------------------------------------------------------------------------------------------

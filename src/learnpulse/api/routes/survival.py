@@ -2,9 +2,10 @@
 
 - ``POST /survival/fit`` fits a Cox model on data sent in the body (stateless).
 - ``GET /survival/model``: the latest churn model stored by fit-survival-churn (``survival_fit_meta``).
-- ``POST /survival/predict``: churn risk S from that model, for students (covariates built from the store at an
-  as-of date by the job's own code, ``learnpulse.jobs.fit_survival_churn.current_covariates``) or for covariate
-  rows sent in the body. Reads only: nothing is stored.
+- ``POST /survival/predict``: churn risk S from that model (:class:`learnpulse.churn.ChurnModel`), for students
+  (covariates built from the store at an as-of date by the job's own code,
+  ``learnpulse.jobs.fit_survival_churn.current_covariates``) or for covariate rows sent in the body. Reads only:
+  nothing is stored.
 """
 
 from __future__ import annotations
@@ -89,10 +90,11 @@ def _latest_fit(conn: Connection) -> dict[str, Any]:
 )
 def churn_model(
     engine: ReadEngineDep,
-    include_model: Annotated[bool, Query(description="Also return the model itself (CoxPH.to_json).")] = False,
+    include_model: Annotated[bool, Query(description="Also return the model itself (ChurnModel.to_json).")] = False,
 ) -> ChurnModel:
-    """The fit with the latest as-of date: covariates, hazard ratios with intervals, held-out concordance and
-    calibration, training rows and events. 404 when fit-survival-churn has not stored a model yet."""
+    """The fit with the latest as-of date: covariates (and the features derived from them), the first day's odds
+    ratios and the later days' hazard ratios with intervals, held-out concordance and calibration, training rows
+    and events. 404 when fit-survival-churn has not stored a model yet."""
     with engine.connect() as conn:
         fit = _latest_fit(conn)
     covariates = fit["covariates"]
@@ -105,6 +107,7 @@ def churn_model(
             "threshold_days": fit["threshold_days"],
             "formula": fit["formula"],
             "covariates": covariates["used"],
+            "derived_covariates": covariates.get("derived", []),
             "dropped_covariates": covariates.get("dropped", []),
             "coefficients": fit["coefficients"],
             "n": fit["n_rows"],
@@ -148,12 +151,25 @@ def predict(engine: ReadEngineDep, request: Annotated[SurvivalPredictRequest, Bo
     _check_one_input(request)
     with engine.connect() as conn:
         fit = _latest_fit(conn)
-        model = CoxPH.from_json(fit["model"])
+        model = _stored_model(fit)
         ref = FitRef(run_id=fit["run_id"], as_of=fit["as_of"], threshold_days=fit["threshold_days"])
         if request.user_ids is not None:
             return _predict_students(conn, fit, model, ref, user_ids=request.user_ids, as_of=request.as_of)
     assert request.covariates is not None
     return _predict_rows(model, ref, request.covariates, request.at, request.horizon_days)
+
+
+def _stored_model(fit: dict[str, Any]) -> churn.ChurnModel:
+    """The stored model; one in a format this version cannot use (e.g. a single Cox model stored before the
+    two-part model) is treated as no model: the next run of the job replaces it."""
+    try:
+        return churn.ChurnModel.from_json(fit["model"])
+    except InvalidInputError as exc:
+        raise NotFoundError(
+            f"the latest churn model (as of {fit['as_of']}, run {fit['run_id']}) was stored in a format this version "
+            f"cannot use ({exc.message}): run fit-survival-churn again (`learnpulse run fit-survival-churn`)",
+            {"job": "fit-survival-churn", "run_id": fit["run_id"]},
+        ) from exc
 
 
 def _check_one_input(request: SurvivalPredictRequest) -> None:
@@ -180,7 +196,13 @@ def _check_one_input(request: SurvivalPredictRequest) -> None:
 
 
 def _predict_students(
-    conn: Connection, fit: dict[str, Any], model: CoxPH, ref: FitRef, *, user_ids: list[int], as_of: date | None
+    conn: Connection,
+    fit: dict[str, Any],
+    model: churn.ChurnModel,
+    ref: FitRef,
+    *,
+    user_ids: list[int],
+    as_of: date | None,
 ) -> SurvivalPredictResponse:
     t = int(fit["threshold_days"])
     if as_of is None:
@@ -220,9 +242,13 @@ def _predict_students(
 
 
 def _predict_rows(
-    model: CoxPH, ref: FitRef, covariates: dict[str, list[float]], at: float | None, horizon_days: float | None
+    model: churn.ChurnModel,
+    ref: FitRef,
+    covariates: dict[str, list[float]],
+    at: float | None,
+    horizon_days: float | None,
 ) -> SurvivalPredictResponse:
-    names = list(model.feature_names_ or [])
+    names = list(model.covariates)
     missing = [n for n in names if n not in covariates]
     extra = [n for n in covariates if n not in names]
     if missing or extra:
@@ -243,7 +269,7 @@ def _predict_rows(
     frame = pd.DataFrame({n: np.asarray(covariates[n], dtype=np.float64) for n in names})
     start = 0.0 if at is None else float(at)
     horizon = float(ref.threshold_days) if horizon_days is None else float(horizon_days)
-    s = model.predict_event_probability(frame, at=start, horizon=horizon)
+    s = model.event_probability(frame, at=start, horizon=horizon)
     lp = model.linear_predictor(frame)
     factors = churn.top_factors(model.contributions(frame), frame, TOP_FACTORS)
     rows = [
