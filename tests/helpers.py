@@ -59,6 +59,12 @@ def build_kpi(engine: Engine, as_of: date, tz: str = "Asia/Seoul", **options: An
     return run_job(REGISTRY["build-kpi"], settings, engine, as_of=as_of, options=options)
 
 
+def run_named(engine: Engine, job: str, as_of: date, **overrides: Any) -> RunResult:
+    """Run the registered job ``job`` on ``engine`` as of ``as_of``, with settings overridden by ``overrides``."""
+    settings = load_settings(database_url=engine.url.render_as_string(hide_password=False), **overrides)
+    return run_job(REGISTRY[job], settings, engine, as_of=as_of)
+
+
 def read_table(engine: Engine, name: str, order: list[str] | None = None) -> pd.DataFrame:
     table = metadata.tables[name]
     with engine.connect() as conn:

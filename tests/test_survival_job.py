@@ -15,9 +15,6 @@ from sqlalchemy import Engine, func, select
 from learnpulse import churn
 from learnpulse.engines.survival import concordance_index
 from learnpulse.errors import InsufficientDataError
-from learnpulse.jobs import REGISTRY
-from learnpulse.jobs.runner import RunResult, run_job
-from learnpulse.settings import load_settings
 from learnpulse.store import survival as store
 from learnpulse.store.buckets import week_start
 from learnpulse.store.db import make_engine, transaction
@@ -26,6 +23,7 @@ from learnpulse.store.tables import survival_fit_meta
 from learnpulse.store.world import save_world
 from learnpulse.synthetic import World, WorldParams, generate_world
 from tests.helpers import attempts_frame, build_kpi, count, load_batch, read_table
+from tests.helpers import run_named as run
 
 T = 14
 SMALL = WorldParams(students=400, weeks=12, seed=5)
@@ -35,11 +33,6 @@ SMALL_AS_OF = SMALL.start_date + timedelta(days=56)
 @cache
 def small_world() -> World:
     return generate_world(SMALL)
-
-
-def run(engine: Engine, job: str, as_of: date, **overrides: Any) -> RunResult:
-    settings = load_settings(database_url=engine.url.render_as_string(hide_password=False), **overrides)
-    return run_job(REGISTRY[job], settings, engine, as_of=as_of)
 
 
 def local_days(world: World) -> pd.DataFrame:

@@ -32,6 +32,7 @@ from typing import Any, Literal, Self, TypeVar
 
 import httpx
 
+from learnpulse.api.growth_schemas import GrowthFitResponse, GrowthModelInfo, GrowthPredictResponse
 from learnpulse.api.schemas import Health, JobRun, JobStatus, KpiWeek, Page, Readiness
 from learnpulse.api.survival_schemas import (
     AlertTier,
@@ -355,6 +356,60 @@ class Client:
         ``include_model`` adds the model itself (``CoxPH.from_json`` loads it)."""
         params = {"include_model": "true" if include_model else None}
         return ChurnModel.model_validate(self._request("GET", "/survival/model", params=params))
+
+    def fit_growth(
+        self,
+        unit: Sequence[int | str],
+        time: Sequence[float],
+        y: Sequence[float],
+        trials: Sequence[float] | None = None,
+        *,
+        family: Literal["gaussian", "binomial"] = "gaussian",
+        iter: int = 1000,
+        chains: int = 2,
+        seed: int = 0,
+    ) -> GrowthFitResponse:
+        """``POST /growth/fit``: fit ``y ~ time + (time | unit)`` with NUTS on the given rows (nothing is stored).
+        Deterministic for a seed, so retried like an idempotent call."""
+        body: dict[str, Any] = {
+            "family": family,
+            "unit": list(unit),
+            "time": [float(t) for t in time],
+            "y": [float(v) for v in y],
+            "trials": None if trials is None else [float(n) for n in trials],
+            "iter": iter,
+            "chains": chains,
+            "seed": seed,
+        }
+        data = self._request("POST", "/growth/fit", json=body, idempotent=True)
+        return GrowthFitResponse.model_validate(data)
+
+    def predict_goal_probability(
+        self,
+        user_ids: Sequence[int],
+        *,
+        target: float | None = None,
+        deadline: date | str | None = None,
+        as_of: date | str | None = None,
+        trajectory: bool = True,
+    ) -> GrowthPredictResponse:
+        """``POST /growth/predict``: P, sigma (and the weekly trajectory) from the stored growth model, for the
+        students' stored goals or a what-if ``target``/``deadline``. A pure read: retried like an idempotent call."""
+        body: dict[str, Any] = {
+            "user_ids": [int(u) for u in user_ids],
+            "target": target,
+            "deadline": _date_param(deadline),
+            "as_of": _date_param(as_of),
+            "trajectory": trajectory,
+        }
+        body = {k: v for k, v in body.items() if v is not None}
+        return GrowthPredictResponse.model_validate(
+            self._request("POST", "/growth/predict", json=body, idempotent=True)
+        )
+
+    def growth_model(self) -> GrowthModelInfo:
+        """``GET /growth/model``: the growth model in use (``NotFound`` when there is none yet)."""
+        return GrowthModelInfo.model_validate(self._request("GET", "/growth/model"))
 
     def alerts(
         self,

@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import text
 
-from learnpulse.errors import InsufficientDataError
+from learnpulse.errors import DiagnosticsFailedError, InsufficientDataError
 from learnpulse.settings import Settings
-from learnpulse.store import survival
+from learnpulse.store import growth, survival
 from learnpulse.store.db import make_engine, safe_url
 from learnpulse.store.schema import upgrade
 from learnpulse.synthetic import WorldParams
@@ -48,6 +48,10 @@ def run_demo(
     step("build-kpi", lambda: run_job(settings, "build-kpi", as_of, {}))
     # Churn risk at the same as-of date; both jobs replace their rows of that date, so a re-run adds nothing.
     # Too few churn events (a tiny school) is reported and the demo goes on: detect-inactivity then flags by days.
+    # Goal probabilities (P, sigma); too little data or failed diagnostics are reported and the demo goes on.
+    step(
+        "fit-bayesian-growth", lambda: _unless_insufficient(lambda: run_job(settings, "fit-bayesian-growth", as_of, {}))
+    )
     step("fit-survival-churn", lambda: _unless_insufficient(lambda: run_job(settings, "fit-survival-churn", as_of, {})))
     step("detect-inactivity", lambda: run_job(settings, "detect-inactivity", as_of, {}))
 
@@ -57,7 +61,11 @@ def run_demo(
     console.print(steps)
     console.print(_weekly_summary(engine))
     with engine.connect() as conn:
+        fit = growth.latest_fit(conn)
+        least_likely = growth.top_goal_probabilities(conn, int(fit["run_id"]), lowest=True) if fit else []
         riskiest = survival.highest_risk(conn, as_of, TOP_RISK)
+    if least_likely:
+        console.print(_goal_table(least_likely, str(fit["family"]) if fit else ""))
     if riskiest:
         console.print(_risk_table(riskiest, as_of, settings.survival_event_threshold_days))
     else:
@@ -68,8 +76,34 @@ def run_demo(
 def _unless_insufficient(run: Callable[[], Any]) -> Any:
     try:
         return run()
-    except InsufficientDataError as exc:
+    except (InsufficientDataError, DiagnosticsFailedError) as exc:
         return f"not fitted: {exc.message}"
+
+
+def _goal_table(rows: list[dict[str, Any]], family: str) -> Table:
+    table = Table(
+        "user_id",
+        "target",
+        "deadline",
+        "expected accuracy",
+        "P",
+        "sigma",
+        "weeks",
+        "flag",
+        title=f"students least likely to reach their goal (Bayesian growth, {family})",
+    )
+    for row in rows:
+        table.add_row(
+            str(row["user_id"]),
+            f"{row['target']:.2f}",
+            str(row["deadline"]),
+            f"{row['expected']:.3f}",
+            f"{row['p']:.3f}",
+            f"{row['sigma']:.3f}",
+            str(row["n_obs"]),
+            row["flag"],
+        )
+    return table
 
 
 def _risk_table(rows: list[dict[str, Any]], as_of: date, threshold_days: int) -> Table:

@@ -70,6 +70,18 @@ class NotFittedError(LearnpulseError):
     http_status = 409
 
 
+class DiagnosticsFailedError(LearnpulseError):
+    """A Bayesian fit finished but its sampler diagnostics (R-hat, divergences) fail the bar: nothing it estimated
+    is used; ``details['diagnostics']`` holds the figures."""
+
+    code = "diagnostics_failed"
+    http_status = 422
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None, record: dict[str, Any] | None = None):
+        super().__init__(message, details)
+        self.record = record  # what the failing job keeps of the failed fit (not shown to users)
+
+
 class DatabaseUnavailableError(LearnpulseError):
     code = "database_unavailable"
     http_status = 503

@@ -42,3 +42,6 @@ class Job:
     schedule: str  # cron, UTC
     description: str
     settings: tuple[str, ...] = ()  # environment variables the job reads
+    # Called in the transaction that records a failed run (the job's own writes are rolled back): lets a job keep
+    # a record of what failed, e.g. a model whose diagnostics failed. Arguments: conn, run_id, as_of, the error.
+    on_failure: Callable[[Connection, int, date, BaseException], None] | None = None

@@ -1,7 +1,8 @@
 """Run a job: take its lock, record a ``job_run`` row, run it in one transaction, record the outcome.
 
 If the job fails, its transaction rolls back (the database is as it was) and the run is recorded as failed with
-the error's message. A run left 'running' by a process that died is closed as failed by the next run.
+the error's message (and whatever the job's ``on_failure`` hook records in that same transaction).
+A run left 'running' by a process that died is closed as failed by the next run.
 """
 
 from __future__ import annotations
@@ -68,5 +69,7 @@ def run_job(
         except BaseException as exc:
             with transaction(engine) as conn:
                 runs.finish_run(conn, run_id, rows_written=None, error=describe_error(exc))
+                if job.on_failure is not None:
+                    job.on_failure(conn, run_id, as_of, exc)
             raise
     return RunResult(job.name, run_id, as_of, outcome.rows_written, outcome.summary)

@@ -129,7 +129,7 @@ survival_fit_meta = Table(
     Column("landmarks", JSON, nullable=False),  # landmark dates with their rows and events
     Column("formula", Text, nullable=False),
     Column("covariates", JSON, nullable=False),  # name, unit, description (and those dropped, with why)
-    Column("coefficients", JSON, nullable=False),  # coef, se, hazard ratio and its interval, z, p per covariate
+    Column("coefficients", JSON, nullable=False),  # per component and feature: coef, se, ratio + interval
     Column("n_rows", Integer, nullable=False),  # training landmark rows
     Column("n_students", Integer, nullable=False),  # training students
     Column("n_events", Integer, nullable=False),  # training events
@@ -140,7 +140,7 @@ survival_fit_meta = Table(
     Column("baseline", JSON, nullable=False),  # times and cumulative hazard at the training means
     Column("standardization", JSON, nullable=False),  # training means and SDs of the covariates
     Column("log_likelihood", Float, nullable=False),
-    Column("model", JSON, nullable=False),  # CoxPH.to_json(): what predict loads
+    Column("model", JSON, nullable=False),  # churn.ChurnModel.to_json() (first-day logit + Cox): what predict loads
 )
 
 survival_score = Table(
@@ -170,6 +170,53 @@ inactivity_alert = Table(
     Column("tier", String(16), nullable=False),  # high | medium | low | churned | unscored
     Column("reasons", JSON, nullable=False),  # why the student is flagged
     Column("top_factors", JSON, nullable=True),  # from survival_score, when scored
+)
+
+growth_brms_meta = Table(
+    "growth_brms_meta",
+    metadata,
+    # One row per fit-bayesian-growth run, failed ones included (with their diagnostics); the latest succeeded
+    # row is the model in use.
+    Column("run_id", Integer, primary_key=True, autoincrement=False),
+    Column("as_of", Date, nullable=False),
+    Column("status", String(16), nullable=False),  # succeeded | failed
+    Column("reason", Text, nullable=True),  # why a failed run failed
+    Column("formula", Text, nullable=False),
+    Column("family", String(16), nullable=False),  # BRMS_FAMILY
+    Column("iter", Integer, nullable=False),  # BRMS_ITER (per chain, warm-up included)
+    Column("chains", Integer, nullable=False),  # BRMS_CHAINS
+    Column("lookback_weeks", Integer, nullable=False),  # LOOKBACK_WEEKS
+    Column("window_start", Date, nullable=False),  # Monday of time = 0 (week index 0 of the window)
+    Column("priors", JSON, nullable=False),
+    Column("n_units", Integer, nullable=False),  # students in the fit
+    Column("n_obs", Integer, nullable=False),  # student-weeks in the fit
+    Column("fixed_effects", JSON, nullable=True),  # Intercept, time: estimate, error, 95% interval, R-hat, ESS
+    Column("random_effects", JSON, nullable=True),  # sd(Intercept), sd(time), cor(Intercept,time): the same
+    Column("residual_sigma", JSON, nullable=True),  # gaussian family's sigma: the same (NULL for binomial)
+    Column("diagnostics", JSON, nullable=True),  # max R-hat, min bulk/tail ESS, divergences, draws
+    Column("elapsed_seconds", Float, nullable=False),
+    Column("model", JSON, nullable=True),  # GrowthModel.to_json(include_units=False): population part of predict
+    Index(None, "status", "as_of"),
+)
+
+growth_unit = Table(
+    "growth_unit",
+    metadata,
+    # Per student of a succeeded fit: the posterior moments predict needs, and P / sigma for the student's goal.
+    Column("run_id", Integer, primary_key=True),
+    Column("user_id", BigInteger, primary_key=True),
+    Column("n_obs", Integer, nullable=False),  # weeks with attempts in the window (0: population prediction)
+    Column("m0", Float, nullable=False),  # posterior mean of the student's intercept (link scale, time 0)
+    Column("m1", Float, nullable=False),  # posterior mean of the student's slope (link scale, per week)
+    Column("v00", Float, nullable=False),  # posterior covariance of (intercept, slope)
+    Column("v01", Float, nullable=False),
+    Column("v11", Float, nullable=False),
+    Column("target", Float, nullable=True),  # user_goal.target (NULL: no goal)
+    Column("deadline", Date, nullable=True),
+    Column("p", Float, nullable=True),  # P: posterior probability that expected accuracy at deadline >= target
+    Column("sigma", Float, nullable=True),  # posterior SD of the expected accuracy at the deadline
+    Column("expected", Float, nullable=True),  # posterior mean of the expected accuracy at the deadline
+    Column("flag", String(24), nullable=False),  # ok | little_history | no_history | no_goal | deadline_passed
 )
 
 # --- operations ----------------------------------------------------------------------------------------------
@@ -262,3 +309,6 @@ sim_anomaly = Table(
 SIM_TABLES = (sim_world, sim_student, sim_item, sim_student_week, sim_anomaly)
 DERIVED_TABLES = (features_topic_daily, weekly_kpi)
 SURVIVAL_TABLES = (survival_fit_meta, survival_score, inactivity_alert)
+GROWTH_TABLES = (growth_brms_meta, growth_unit)
+# Every model result table: derived from the source data, replaced with it.
+MODEL_TABLES = (*SURVIVAL_TABLES, *GROWTH_TABLES)

@@ -19,8 +19,8 @@ from learnpulse.errors import ConflictError
 from learnpulse.store.bulk import insert_frame
 from learnpulse.store.db import is_sqlite, transaction
 from learnpulse.store.tables import (
+    MODEL_TABLES,
     SIM_TABLES,
-    SURVIVAL_TABLES,
     attempt,
     features_topic_daily,
     ingest_batch,
@@ -46,7 +46,7 @@ REPLACED_TABLES: tuple[Table, ...] = (
     ingest_batch,
     features_topic_daily,
     weekly_kpi,
-    *SURVIVAL_TABLES,
+    *MODEL_TABLES,
     job_state,
     *SIM_TABLES,
 )

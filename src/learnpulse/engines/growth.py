@@ -1,0 +1,769 @@
+"""Hierarchical linear growth model (brms: ``y ~ time + (time | unit)``) fitted by NUTS with NumPyro.
+
+**Model.** Unit ``i`` (a student) observed at times ``t_ij`` (weeks):
+
+    eta_ij = (b0 + u0_i) + (b1 + u1_i) * t_ij,     (u0_i, u1_i) ~ N(0, Sigma),
+    Sigma = [[tau0^2, rho tau0 tau1], [rho tau0 tau1, tau1^2]]
+
+- ``gaussian``: ``y_ij ~ N(eta_ij, sigma^2)`` (identity link; e.g. weekly accuracy);
+- ``binomial``: ``correct_ij ~ Binomial(trials_ij, logistic(eta_ij))`` (brms ``correct | trials(attempts)``).
+
+**Priors** (``GrowthPriors``; brms 2.18's defaults for the same formula in brackets):
+
+- ``b0`` (intercept at ``t = 0``) ~ Student-t(3, loc, 2.5), loc = median(y) (gaussian) or 0 (binomial)
+  [brms: the same, on the intercept of the *centred* time];
+- ``b1`` ~ N(0, 2.5) [brms: flat; at the data sizes here N(0, 2.5) is flat for all practical purposes,
+  and a proper prior keeps the posterior proper with one time point];
+- ``tau0, tau1`` ~ half-Student-t(3, 0, 2.5) [brms: the same]; ``sigma`` ~ half-Student-t(3, 0, 2.5) [the same];
+- correlation ``rho`` ~ LKJ(1), i.e. uniform on (-1, 1) in two dimensions [brms: the same].
+
+brms widens 2.5 to mad(y) when that is larger; on accuracy data (|y| <= 1) it never is.
+
+**Inference.** NUTS (NumPyro, ``iter`` iterations per chain of which half are warm-up, as ``BRMS_ITER`` /
+``BRMS_CHAINS`` mean in brms). The gaussian family is sampled in an *exact marginalisation*: the random
+effects integrate out in closed form, ``y_i ~ N(Z_i b, Z_i Sigma Z_i' + sigma^2 I)`` with ``Z_i = [1, t_i]``,
+whose log density depends on six sufficient statistics per unit (``n, St, Stt, Sy, Sty, Syy``) via Woodbury, so
+NUTS explores only the six hyper-parameters (dense mass matrix) whatever the number of units. The units'
+coefficients then follow exactly from their conditional posterior given each hyper-parameter draw,
+``c_i | h ~ N(b + C_i Z_i' r_i / sigma^2, C_i)``, ``C_i = (Sigma^-1 + Z_i'Z_i / sigma^2)^-1``, ``r_i = y_i - Z_i b``
+(Rao-Blackwellised: their posterior means and covariances are exact averages over the draws). The binomial family
+has no closed form: NUTS samples all unit effects in the non-centred form ``u_i = L z_i`` (``L`` the Cholesky factor
+of ``Sigma``, ``z_i ~ N(0, I)``), as brms does.
+
+**Per-unit posterior.** Predictions use, for every unit, the posterior mean ``m_i`` and covariance ``V_i`` of its
+coefficients ``c_i = (b0 + u0_i, b1 + u1_i)`` (exact first two moments) and treat ``c_i`` as bivariate normal; a unit
+not in the fit gets the population draw ``c = b + u`` with mean ``E[b]`` and covariance ``Cov(b) + E[Sigma]``.
+At time ``t``, ``eta = c . (1, t) ~ N(m . x, x' V x)``; the expected response is ``g(eta)`` with ``g`` = identity
+clipped to ``bounds`` (gaussian) or the logistic function (binomial); quantiles map through ``g`` (monotone), its mean
+and SD come from a 256-point quadrature on the normal's quantiles. ``tests/test_growth_engine.py`` checks this
+summary against the raw draws.
+
+**Goal probability.** ``P = P(g(eta_T) >= target) = Phi((m . x_T - g^-1(target)) / sqrt(x_T' V x_T))`` and
+``sigma = SD(g(eta_T))`` at the deadline's time ``T``.
+
+**Diagnostics.** Rank-normalised split R-hat and bulk/tail ESS (ArviZ) of the hyper-parameters (``max_rhat``,
+``min_ess_bulk``, ``min_ess_tail``), the divergent transitions and the seconds spent. For the binomial family the same
+figures over every unit's coefficients are reported beside them (``units_*``): with thousands of units some exceed
+1.01 by chance alone, so a gate should use the hyper-parameters' (the gaussian family's unit coefficients are exact
+conditional draws given the hyper-parameters, so theirs are the hyper-parameters' too).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import time as _time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, cast
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from scipy.special import expit, logit, ndtr, ndtri
+
+from learnpulse.engines.base import check_fitted, envelope, float_vector, open_envelope
+from learnpulse.errors import InsufficientDataError, InvalidInputError
+
+FloatArray = npt.NDArray[np.float64]
+Family = Literal["gaussian", "binomial"]
+FAMILIES: tuple[str, ...] = ("gaussian", "binomial")
+ENGINE = "growth"
+FORMAT_VERSION = 1
+_QUAD_POINTS = 256
+# Hyper-parameter names as brms prints them (the summary's rows).
+PARAMETERS: tuple[str, ...] = ("Intercept", "time", "sd(Intercept)", "sd(time)", "cor(Intercept,time)", "sigma")
+
+__all__ = ["FAMILIES", "GrowthModel", "GrowthPriors"]
+
+
+@dataclass(frozen=True)
+class GrowthPriors:
+    """Weakly-informative priors (see the module docstring for brms's defaults beside them).
+
+    ``intercept_loc=None`` means median(y) for the gaussian family and 0 for the binomial (logit) one.
+    """
+
+    intercept_df: float = 3.0
+    intercept_loc: float | None = None
+    intercept_scale: float = 2.5
+    slope_sd: float = 2.5
+    sd_df: float = 3.0
+    sd_scale: float = 2.5
+    sigma_df: float = 3.0
+    sigma_scale: float = 2.5
+    lkj_eta: float = 1.0
+
+    def describe(self, intercept_loc: float) -> dict[str, str]:
+        """The priors as brms would print them (for the model's metadata)."""
+        return {
+            "Intercept": f"student_t({self.intercept_df:g}, {intercept_loc:.4g}, {self.intercept_scale:g})",
+            "time": f"normal(0, {self.slope_sd:g})",
+            "sd": f"student_t({self.sd_df:g}, 0, {self.sd_scale:g}) truncated at 0",
+            "sigma": f"student_t({self.sigma_df:g}, 0, {self.sigma_scale:g}) truncated at 0 (gaussian only)",
+            "cor": f"lkj_corr_cholesky({self.lkj_eta:g})",
+        }
+
+
+@dataclass
+class GrowthData:
+    """Validated long-format data: unit codes ``0..n_units-1``, times, responses and (binomial) trials."""
+
+    units: list[Any]
+    code: npt.NDArray[np.int64]
+    time: FloatArray
+    y: FloatArray
+    trials: FloatArray | None
+    n_obs: npt.NDArray[np.int64] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.n_obs = np.bincount(self.code, minlength=len(self.units)).astype(np.int64)
+
+
+def _invalid(message: str, column: str, reason: str, row: int | None = None) -> InvalidInputError:
+    problem: dict[str, Any] = {"column": column, "reason": reason}
+    if row is not None:
+        problem["row"] = row
+    return InvalidInputError(message, {"problems": [problem]})
+
+
+def _python_label(value: Any) -> Any:
+    """A unit label as a plain JSON scalar (NumPy integers become ``int``, everything else ``str``)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    return str(value)
+
+
+def prepare_data(
+    family: str, unit: npt.ArrayLike, time: npt.ArrayLike, y: npt.ArrayLike, trials: npt.ArrayLike | None = None
+) -> GrowthData:
+    """Check and encode long-format data (one row per unit and time). ``y`` is the response (gaussian) or the
+    number of successes out of ``trials`` (binomial); errors name the column and the first bad row."""
+    if family not in FAMILIES:
+        raise _invalid(f"unknown family {family!r}: use one of {', '.join(FAMILIES)}", "family", "unknown")
+    units_raw = np.asarray(unit)
+    if units_raw.ndim != 1:
+        raise _invalid("unit must be one-dimensional", "unit", f"shape {units_raw.shape}")
+    if pd.isna(units_raw).any():
+        row = int(np.flatnonzero(pd.isna(units_raw))[0])
+        raise _invalid(f"unit is missing at row {row}", "unit", "missing", row)
+    t = float_vector(time, "time")
+    yy = float_vector(y, "y")
+    for name, arr in (("time", t), ("y", yy)):
+        if len(arr) != len(units_raw):
+            raise _invalid(f"{name} has {len(arr)} rows but unit has {len(units_raw)}", name, "length differs")
+    if len(yy) == 0:
+        raise InsufficientDataError("no observations to fit", {"rows": 0})
+    n_trials: FloatArray | None = None
+    if family == "binomial":
+        if trials is None:
+            raise _invalid("the binomial family needs trials (y successes out of trials)", "trials", "missing")
+        n_trials = float_vector(trials, "trials")
+        if len(n_trials) != len(yy):
+            raise _invalid("trials and y differ in length", "trials", "length differs")
+        checks = (
+            ("trials", (n_trials < 1) | (n_trials != np.round(n_trials)), "not a positive whole number"),
+            ("y", (yy < 0) | (yy > n_trials) | (yy != np.round(yy)), "not a whole number between 0 and trials"),
+        )
+        for name, bad, reason in checks:
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise _invalid(f"{name} at row {row}: {reason}", name, reason, row)
+    labels, code = np.unique(units_raw, return_inverse=True)
+    return GrowthData([_python_label(v) for v in labels], code.astype(np.int64), t, yy, n_trials)
+
+
+# --- NumPyro models (imported lazily: JAX start-up costs ~1 s and is only needed to fit) ---------------------------
+
+
+def _jax() -> Any:
+    # Two host devices let the chains run in parallel on the two cores; must be set before JAX starts.
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        count = max(2, os.cpu_count() or 1)
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+    import jax
+    import numpyro
+
+    numpyro.enable_x64()  # the Woodbury marginal likelihood loses precision in float32
+    return jax
+
+
+def _sufficient_stats(data: GrowthData) -> FloatArray:
+    """Per unit ``(n, St, Stt, Sy, Sty, Syy)``: all the gaussian marginal likelihood needs, shape (units, 6)."""
+    k = len(data.units)
+    t, y, c = data.time, data.y, data.code
+    cols = [np.ones_like(t), t, t * t, y, t * y, y * y]
+    return np.stack([np.bincount(c, weights=v, minlength=k) for v in cols], axis=1)
+
+
+def _hyper_sites(priors: GrowthPriors, loc: float, gaussian: bool) -> dict[str, Any]:
+    """The population parameters with their priors.
+
+    The slope's SD and the correlation are sampled through the second row of the Cholesky factor of ``Sigma``,
+    ``(l10, l11) = tau1 (rho, sqrt(1 - rho^2))`` (polar coordinates, ``l11 > 0``), with the priors of ``tau1`` and
+    ``rho`` and the Jacobian ``sqrt(1 - rho^2) / tau1`` added: the same model, but without the funnel that
+    ``(log tau1, rho)`` form when the slopes vary little and ``rho`` is then unidentified.
+    """
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.distributions import constraints
+
+    def half_t(df: float, scale: float) -> Any:
+        return dist.FoldedDistribution(dist.StudentT(df, 0.0, scale))
+
+    l10 = numpyro.sample("l10", dist.ImproperUniform(constraints.real, (), ()))
+    l11 = numpyro.sample("l11", dist.ImproperUniform(constraints.positive, (), ()))
+    tau1 = numpyro.deterministic("tau1", jnp.sqrt(l10 * l10 + l11 * l11))
+    rho = numpyro.deterministic("rho", l10 / tau1)
+    # LKJ(eta) in two dimensions: (rho + 1) / 2 ~ Beta(eta, eta), so p(rho) = Beta((rho + 1) / 2) / 2.
+    log_prior = (
+        half_t(priors.sd_df, priors.sd_scale).log_prob(tau1)
+        + dist.Beta(priors.lkj_eta, priors.lkj_eta).log_prob((rho + 1.0) / 2.0)
+        - jnp.log(2.0)
+        + 0.5 * jnp.log1p(-rho * rho)
+        - jnp.log(tau1)
+    )
+    numpyro.factor("tau1_rho_prior", log_prior)
+    out = {
+        "b0": numpyro.sample("b0", dist.StudentT(priors.intercept_df, loc, priors.intercept_scale)),
+        "b1": numpyro.sample("b1", dist.Normal(0.0, priors.slope_sd)),
+        "tau0": numpyro.sample("tau0", half_t(priors.sd_df, priors.sd_scale)),
+        "tau1": tau1,
+        "rho": rho,
+        "l10": l10,
+        "l11": l11,
+    }
+    if gaussian:
+        out["sigma"] = numpyro.sample("sigma", half_t(priors.sigma_df, priors.sigma_scale))
+    return out
+
+
+def _gaussian_model(*, stats: Any, priors: GrowthPriors, loc: float) -> None:
+    import jax.numpy as jnp
+    import numpyro
+
+    h = _hyper_sites(priors, loc, gaussian=True)
+    b0, b1, tau0, tau1, rho, sigma = h["b0"], h["b1"], h["tau0"], h["tau1"], h["rho"], h["sigma"]
+    n, st, stt, sy, sty, syy = (stats[:, j] for j in range(6))
+    s2 = sigma * sigma
+    # Sigma^-1 for the 2x2 covariance, then M = Sigma^-1 + Z'Z / s2 (per unit).
+    det_sigma = tau0**2 * tau1**2 * (1.0 - rho**2)
+    p00, p01, p11 = tau1**2 / det_sigma, -rho * tau0 * tau1 / det_sigma, tau0**2 / det_sigma
+    m00, m01, m11 = p00 + n / s2, p01 + st / s2, p11 + stt / s2
+    det_m = m00 * m11 - m01 * m01
+    # r = y - Z b: r'r and Z'r from the sufficient statistics.
+    rr = syy - 2 * b0 * sy - 2 * b1 * sty + n * b0**2 + 2 * b0 * b1 * st + b1**2 * stt
+    z0, z1 = sy - n * b0 - st * b1, sty - st * b0 - stt * b1
+    quad_m = (m11 * z0 * z0 - 2 * m01 * z0 * z1 + m00 * z1 * z1) / det_m
+    quad = (rr - quad_m / s2) / s2
+    # log|V| = n log s2 + log|Sigma| + log|M| (matrix determinant lemma).
+    logdet = n * jnp.log(s2) + jnp.log(det_sigma) + jnp.log(det_m)
+    numpyro.factor("y_marginal", -0.5 * jnp.sum(quad + logdet + n * math.log(2 * math.pi)))
+
+
+def _binomial_model(
+    *, code: Any, time: Any, y: Any, trials: Any, n_units: int, priors: GrowthPriors, loc: float
+) -> None:
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+
+    h = _hyper_sites(priors, loc, gaussian=False)
+    z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([n_units, 2]).to_event(2))
+    u0 = h["tau0"] * z[:, 0]
+    u1 = h["l10"] * z[:, 0] + h["l11"] * z[:, 1]
+    eta = h["b0"] + u0[code] + (h["b1"] + u1[code]) * time
+    numpyro.sample("y", dist.Binomial(total_count=trials, logits=eta), obs=y)
+
+
+# --- diagnostics -----------------------------------------------------------------------------------------------
+
+
+def chain_diagnostics(draws: FloatArray) -> dict[str, FloatArray]:
+    """Rank-normalised split R-hat and bulk/tail ESS of ``draws`` shaped (chains, draws, parameters)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # ArviZ announces its refactor on import
+        az: Any = importlib.import_module("arviz")  # untyped: keep it out of mypy's strict checks
+
+    data = az.convert_to_dataset({"x": draws})
+    return {
+        "rhat": np.asarray(az.rhat(data)["x"].values, dtype=np.float64),
+        "ess_bulk": np.asarray(az.ess(data, method="bulk")["x"].values, dtype=np.float64),
+        "ess_tail": np.asarray(az.ess(data, method="tail")["x"].values, dtype=np.float64),
+    }
+
+
+# --- the estimator -----------------------------------------------------------------------------------------------
+
+
+class GrowthModel:
+    """``y ~ time + (time | unit)`` with NUTS. ``fit`` then ``predict`` / ``goal_probability``; see the module doc.
+
+    Parameters: ``family`` (gaussian | binomial), ``iter`` (per chain, warm-up included, as brms),
+    ``chains``, ``seed``, ``priors``, ``target_accept`` (brms's ``adapt_delta``), ``max_tree_depth``.
+    """
+
+    def __init__(
+        self,
+        family: str = "gaussian",
+        *,
+        iter: int = 1000,
+        chains: int = 2,
+        seed: int = 0,
+        priors: GrowthPriors | None = None,
+        target_accept: float = 0.8,
+        max_tree_depth: int = 10,
+    ) -> None:
+        self.family = family
+        self.iter = iter
+        self.chains = chains
+        self.seed = seed
+        self.priors = priors or GrowthPriors()
+        self.target_accept = target_accept
+        self.max_tree_depth = max_tree_depth
+        self.units_: list[Any] | None = None
+        self.coef_mean_: FloatArray | None = None  # (units, 2): posterior mean of (b0 + u0_i, b1 + u1_i)
+        self.coef_cov_: FloatArray | None = None  # (units, 2, 2)
+        self.n_obs_: npt.NDArray[np.int64] | None = None
+        self.population_mean_: FloatArray | None = None
+        self.population_cov_: FloatArray | None = None
+        self.summary_: pd.DataFrame | None = None
+        self.diagnostics_: dict[str, Any] | None = None
+        self.time_range_: tuple[float, float] | None = None
+        self.intercept_loc_: float | None = None
+        self.hyper_draws_: dict[str, FloatArray] | None = None  # (chains, draws) per parameter
+
+    # -- parameters ----------------------------------------------------------------------------------------------
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "iter": self.iter,
+            "chains": self.chains,
+            "seed": self.seed,
+            "priors": asdict(self.priors),
+            "target_accept": self.target_accept,
+            "max_tree_depth": self.max_tree_depth,
+        }
+
+    def _check_params(self) -> None:
+        problems = []
+        if self.family not in FAMILIES:
+            problems.append(("family", f"unknown family {self.family!r}: use one of {', '.join(FAMILIES)}"))
+        if self.iter < 20 or self.iter % 2:
+            problems.append(("iter", f"iter must be an even number >= 20 (got {self.iter})"))
+        if self.chains < 1:
+            problems.append(("chains", f"chains must be >= 1 (got {self.chains})"))
+        if not 0.5 <= self.target_accept < 1:
+            problems.append(("target_accept", f"target_accept must be in [0.5, 1) (got {self.target_accept})"))
+        if problems:
+            raise InvalidInputError(
+                "; ".join(m for _, m in problems), {"problems": [{"parameter": p, "reason": m} for p, m in problems]}
+            )
+
+    @property
+    def formula(self) -> str:
+        lhs = "correct | trials(attempts)" if self.family == "binomial" else "y"
+        return f"{lhs} ~ time + (time | unit)"
+
+    # -- fitting -------------------------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        unit: npt.ArrayLike,
+        time: npt.ArrayLike,
+        y: npt.ArrayLike,
+        trials: npt.ArrayLike | None = None,
+    ) -> GrowthModel:
+        """Fit on long-format data: one row per (unit, time) with response ``y`` (binomial: successes of
+        ``trials``). Needs at least two units and two distinct times."""
+        self._check_params()
+        data = prepare_data(self.family, unit, time, y, trials)
+        if len(data.units) < 2 or len(np.unique(data.time)) < 2:
+            raise InsufficientDataError(
+                "a growth model needs at least two units and two distinct times",
+                {"units": len(data.units), "times": len(np.unique(data.time))},
+            )
+        jax = _jax()
+        from numpyro.infer import MCMC, NUTS
+
+        loc = self.priors.intercept_loc
+        if loc is None:
+            loc = float(np.median(data.y)) if self.family == "gaussian" else 0.0
+        started = _time.perf_counter()
+        gaussian = self.family == "gaussian"
+        if gaussian:
+            kernel = NUTS(
+                _gaussian_model,
+                target_accept_prob=self.target_accept,
+                max_tree_depth=self.max_tree_depth,
+                dense_mass=True,
+                # Stan's shrinkage of the adapted covariance towards 1e-3 * I swamps the hyper-parameters' posterior
+                # variances once there are many units (they shrink like 1 / units: ~1e-8 for the slope at 20,000),
+                # so the trajectories grew with the data (~40 leapfrog steps per draw at 1,000 units, ~110 at 20,000).
+                # Unregularised, the 6 x 6 covariance (>= 25 warm-up draws per window) keeps them at ~6.
+                regularize_mass_matrix=False,
+            )
+            kwargs: dict[str, Any] = {
+                "stats": jax.numpy.asarray(_sufficient_stats(data)),
+                "priors": self.priors,
+                "loc": loc,
+            }
+        else:
+            assert data.trials is not None
+            kernel = NUTS(_binomial_model, target_accept_prob=self.target_accept, max_tree_depth=self.max_tree_depth)
+            jnp = jax.numpy
+            kwargs = {
+                "code": jnp.asarray(data.code),
+                "time": jnp.asarray(data.time),
+                "y": jnp.asarray(data.y),
+                "trials": jnp.asarray(data.trials),
+                "n_units": len(data.units),
+                "priors": self.priors,
+                "loc": loc,
+            }
+        half = self.iter // 2
+        method = "parallel" if jax.local_device_count() >= self.chains else "sequential"
+        mcmc = MCMC(
+            kernel, num_warmup=half, num_samples=half, num_chains=self.chains, chain_method=method, progress_bar=False
+        )
+        mcmc.run(jax.random.PRNGKey(self.seed), extra_fields=("diverging",), **kwargs)
+        samples = {k: np.asarray(v, dtype=np.float64) for k, v in mcmc.get_samples(group_by_chain=True).items()}
+        divergences = int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum())
+        hyper = {
+            "Intercept": samples["b0"],
+            "time": samples["b1"],
+            "sd(Intercept)": samples["tau0"],
+            "sd(time)": samples["tau1"],
+            "cor(Intercept,time)": samples["rho"],
+        }
+        if gaussian:
+            hyper["sigma"] = samples["sigma"]
+            mean, cov = _gaussian_unit_moments(_sufficient_stats(data), {k: v.ravel() for k, v in hyper.items()})
+            unit_draws = None
+        else:
+            unit_draws = _binomial_unit_draws(samples)  # (chains, draws, units, 2)
+            flat = unit_draws.reshape(-1, len(data.units), 2)
+            mean = flat.mean(axis=0)
+            centred = flat - mean
+            cov = np.einsum("dui,duj->uij", centred, centred) / max(len(flat) - 1, 1)
+        self._finish(
+            data=data,
+            hyper=hyper,
+            unit_draws=unit_draws,
+            mean=mean,
+            cov=cov,
+            divergences=divergences,
+            seconds=_time.perf_counter() - started,
+            loc=loc,
+        )
+        return self
+
+    def _finish(
+        self,
+        *,
+        data: GrowthData,
+        hyper: dict[str, FloatArray],
+        unit_draws: FloatArray | None,
+        mean: FloatArray,
+        cov: FloatArray,
+        divergences: int,
+        seconds: float,
+        loc: float,
+    ) -> None:
+        names = list(hyper)
+        stacked = np.stack([hyper[k] for k in names], axis=-1)  # (chains, draws, params)
+        diag = chain_diagnostics(stacked)
+        flat = stacked.reshape(-1, len(names))
+        q = np.quantile(flat, [0.025, 0.975], axis=0)
+        self.summary_ = pd.DataFrame(
+            {
+                "estimate": flat.mean(axis=0),
+                "est_error": flat.std(axis=0, ddof=1),
+                "q2.5": q[0],
+                "q97.5": q[1],
+                "rhat": diag["rhat"],
+                "ess_bulk": diag["ess_bulk"],
+                "ess_tail": diag["ess_tail"],
+            },
+            index=pd.Index(names, name="parameter"),
+        )
+        n_draws = flat.shape[0]
+        self.diagnostics_ = {
+            "max_rhat": float(diag["rhat"].max()),
+            "min_ess_bulk": float(diag["ess_bulk"].min()),
+            "min_ess_tail": float(diag["ess_tail"].min()),
+            "divergences": divergences,
+            "divergence_share": divergences / n_draws,
+            "draws": n_draws,
+            "seconds": seconds,
+        }
+        if unit_draws is not None:
+            # Thousands of unit coefficients: some exceed 1.01 by chance alone, so they are reported, not gated.
+            per_unit = chain_diagnostics(unit_draws.reshape(*unit_draws.shape[:2], -1))
+            self.diagnostics_ |= {
+                "units_max_rhat": float(np.nanmax(per_unit["rhat"])),
+                "units_share_rhat_above_1_01": float(np.mean(per_unit["rhat"] > 1.01)),
+                "units_min_ess_bulk": float(np.nanmin(per_unit["ess_bulk"])),
+                "units_min_ess_tail": float(np.nanmin(per_unit["ess_tail"])),
+            }
+        b = np.stack([hyper["Intercept"].ravel(), hyper["time"].ravel()], axis=1)
+        tau0, tau1 = hyper["sd(Intercept)"].ravel(), hyper["sd(time)"].ravel()
+        rho = hyper["cor(Intercept,time)"].ravel()
+        sigma_mean = np.stack(
+            [np.stack([tau0**2, rho * tau0 * tau1], 1), np.stack([rho * tau0 * tau1, tau1**2], 1)], 1
+        ).mean(axis=0)
+        self.population_mean_ = b.mean(axis=0)
+        self.population_cov_ = np.cov(b, rowvar=False) + sigma_mean
+        self.units_ = data.units
+        self.coef_mean_ = mean
+        self.coef_cov_ = cov
+        self.n_obs_ = data.n_obs
+        self.time_range_ = (float(data.time.min()), float(data.time.max()))
+        self.intercept_loc_ = loc
+        self.hyper_draws_ = hyper
+
+    # -- prediction ----------------------------------------------------------------------------------------------
+
+    def unit_moments(self, units: npt.ArrayLike) -> tuple[FloatArray, FloatArray, npt.NDArray[np.bool_]]:
+        """Posterior mean (n, 2) and covariance (n, 2, 2) of each unit's (intercept, slope) on the link scale, and
+        whether the unit was in the fit (others get the population draw)."""
+        check_fitted(self, "coef_mean_")
+        assert self.units_ is not None and self.coef_mean_ is not None and self.coef_cov_ is not None
+        assert self.population_mean_ is not None and self.population_cov_ is not None
+        index = pd.Index(self.units_)
+        asked = pd.Index([_python_label(u) for u in np.asarray(units, dtype=object).ravel()])
+        pos = index.get_indexer(asked)
+        known = pos >= 0
+        mean = np.broadcast_to(self.population_mean_, (len(pos), 2)).copy()
+        cov = np.broadcast_to(self.population_cov_, (len(pos), 2, 2)).copy()
+        mean[known] = self.coef_mean_[pos[known]]
+        cov[known] = self.coef_cov_[pos[known]]
+        return mean, cov, known
+
+    def n_observations(self, units: npt.ArrayLike) -> npt.NDArray[np.int64]:
+        """Observations each unit had in the fit (0 for units not in it)."""
+        check_fitted(self, "coef_mean_")
+        assert self.units_ is not None and self.n_obs_ is not None
+        pos = pd.Index(self.units_).get_indexer([_python_label(u) for u in np.asarray(units, dtype=object).ravel()])
+        out = np.zeros(len(pos), dtype=np.int64)
+        out[pos >= 0] = self.n_obs_[pos[pos >= 0]]
+        return out
+
+    def _link_normal(self, units: npt.ArrayLike, times: npt.ArrayLike) -> tuple[FloatArray, FloatArray, Any]:
+        """Normal mean and SD of the linear predictor for each (unit, time) pair (scalars broadcast)."""
+        u_arr = np.atleast_1d(np.asarray(units, dtype=object))
+        t_arr = np.atleast_1d(np.asarray(times, dtype=object))
+        if u_arr.ndim != 1 or t_arr.ndim != 1 or (len(u_arr) not in (1, len(t_arr)) and len(t_arr) != 1):
+            raise _invalid(
+                f"units ({len(u_arr)}) and times ({len(t_arr)}) must have the same length or length one",
+                "time",
+                "length differs",
+            )
+        u_arr, t_arr = np.broadcast_arrays(u_arr, t_arr)
+        t = float_vector(t_arr.astype(np.float64), "time")
+        mean, cov, known = self.unit_moments(u_arr)
+        mu = mean[:, 0] + mean[:, 1] * t
+        var = cov[:, 0, 0] + 2 * t * cov[:, 0, 1] + t * t * cov[:, 1, 1]
+        return mu, np.sqrt(np.maximum(var, 0.0)), known
+
+    def _inverse_link(self, eta: FloatArray, bounds: tuple[float, float] | None) -> FloatArray:
+        if self.family == "binomial":
+            return cast(FloatArray, expit(eta))
+        return np.clip(eta, *bounds) if bounds is not None else eta
+
+    def _link(self, value: FloatArray, bounds: tuple[float, float] | None) -> FloatArray:
+        if self.family == "binomial":
+            return cast(FloatArray, logit(np.clip(value, 1e-12, 1 - 1e-12)))
+        return value
+
+    def predict(
+        self, units: npt.ArrayLike, times: npt.ArrayLike, *, bounds: tuple[float, float] | None = None
+    ) -> pd.DataFrame:
+        """Expected response of each ``(unit, time)`` pair: mean, SD and the 5/25/50/75/95% quantiles
+        (``bounds`` clips the gaussian family's expected response, e.g. (0, 1) for accuracy; the binomial
+        family is a probability anyway). Units not in the fit get the population prediction (``known`` False)."""
+        mu, sd, known = self._link_normal(units, times)
+        levels = (0.05, 0.25, 0.5, 0.75, 0.95)
+        out = {f"q{int(p * 100):02d}": self._inverse_link(mu + sd * ndtri(p), bounds) for p in levels}
+        m, s = self._response_moments(mu, sd, bounds)
+        return pd.DataFrame({"mean": m, "sd": s, **out, "known": known})
+
+    def _response_moments(
+        self, mu: FloatArray, sd: FloatArray, bounds: tuple[float, float] | None
+    ) -> tuple[FloatArray, FloatArray]:
+        """Mean and SD of g(eta), eta ~ N(mu, sd^2), by the midpoint rule on the normal's quantiles."""
+        z = ndtri((np.arange(_QUAD_POINTS) + 0.5) / _QUAD_POINTS)
+        values = self._inverse_link(mu[:, None] + sd[:, None] * z[None, :], bounds)
+        mean = values.mean(axis=1)
+        return mean, np.sqrt(np.maximum((values * values).mean(axis=1) - mean * mean, 0.0))
+
+    def goal_probability(
+        self,
+        units: npt.ArrayLike,
+        target_time: npt.ArrayLike,
+        target: npt.ArrayLike,
+        *,
+        bounds: tuple[float, float] | None = None,
+    ) -> pd.DataFrame:
+        """``P`` = posterior probability that the expected response at ``target_time`` reaches ``target``, and
+        ``sigma`` = its posterior SD (see the module doc), with ``expected`` (posterior mean), ``known`` and
+        ``n_obs`` per unit."""
+        mu, sd, known = self._link_normal(units, target_time)
+        goal = np.broadcast_to(float_vector(np.atleast_1d(np.asarray(target, dtype=np.float64)), "target"), mu.shape)
+        threshold = self._link(goal.astype(np.float64), bounds)
+        with np.errstate(divide="ignore"):
+            p = np.where(sd > 0, ndtr((mu - threshold) / np.where(sd > 0, sd, 1.0)), (mu >= threshold) * 1.0)
+        if bounds is not None and self.family == "gaussian":
+            # The clipped response reaches a target above the upper bound never, one below the lower bound always.
+            p = np.where(goal > bounds[1], 0.0, np.where(goal <= bounds[0], 1.0, p))
+        m, s = self._response_moments(mu, sd, bounds)
+        return pd.DataFrame(
+            {
+                "p": p,
+                "sigma": s,
+                "expected": m,
+                "known": known,
+                "n_obs": self.n_observations(np.broadcast_to(np.atleast_1d(np.asarray(units, dtype=object)), mu.shape)),
+            }
+        )
+
+    def fixed_effects(self) -> pd.DataFrame:
+        """The hyper-parameters' posterior summary (brms's table plus R-hat and ESS)."""
+        check_fitted(self, "summary_")
+        assert self.summary_ is not None
+        return self.summary_.copy()
+
+    # -- JSON ----------------------------------------------------------------------------------------------------
+
+    def to_json(self, *, include_units: bool = True) -> dict[str, Any]:
+        """Everything ``predict`` needs as plain JSON (units' moments left out with ``include_units=False``: the
+        job stores them as rows instead)."""
+        check_fitted(self, "coef_mean_")
+        assert self.summary_ is not None and self.population_mean_ is not None
+        assert self.population_cov_ is not None and self.coef_mean_ is not None and self.coef_cov_ is not None
+        assert self.units_ is not None and self.n_obs_ is not None
+        body: dict[str, Any] = {
+            "params": self.get_params(),
+            "formula": self.formula,
+            "priors_text": self.priors.describe(float(self.intercept_loc_ or 0.0)),
+            "intercept_loc": self.intercept_loc_,
+            "summary": {name: {k: float(v) for k, v in row.items()} for name, row in self.summary_.iterrows()},
+            "diagnostics": self.diagnostics_,
+            "time_range": list(self.time_range_ or ()),
+            "population_mean": self.population_mean_.tolist(),
+            "population_cov": self.population_cov_.tolist(),
+        }
+        if include_units:
+            body["units"] = {
+                "unit": list(self.units_),
+                "n_obs": self.n_obs_.tolist(),
+                "mean": self.coef_mean_.tolist(),
+                "cov": [[c[0][0], c[0][1], c[1][1]] for c in self.coef_cov_.tolist()],
+            }
+        return envelope(ENGINE, FORMAT_VERSION, body)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], units: pd.DataFrame | None = None) -> GrowthModel:
+        """Rebuild from :meth:`to_json`. ``units`` (columns unit, n_obs, m0, m1, v00, v01, v11) replaces the units
+        block when the JSON was written without it."""
+        body = open_envelope(data, ENGINE, {FORMAT_VERSION})
+        try:
+            params = dict(body["params"])
+            params["priors"] = GrowthPriors(**params["priors"])
+            family = params.pop("family")
+            model = cls(family, **params)
+            model._check_params()
+            summary = pd.DataFrame.from_dict(body["summary"], orient="index")
+            summary.index.name = "parameter"
+            model.summary_ = summary
+            model.diagnostics_ = dict(body["diagnostics"])
+            model.time_range_ = (float(body["time_range"][0]), float(body["time_range"][1]))
+            model.intercept_loc_ = float(body["intercept_loc"])
+            model.population_mean_ = np.asarray(body["population_mean"], dtype=np.float64).reshape(2)
+            model.population_cov_ = np.asarray(body["population_cov"], dtype=np.float64).reshape(2, 2)
+            if units is None:
+                block = body["units"]
+                units = pd.DataFrame(
+                    {"unit": block["unit"], "n_obs": block["n_obs"]}
+                    | dict(zip(("m0", "m1"), np.asarray(block["mean"], dtype=np.float64).T, strict=True))
+                    | dict(zip(("v00", "v01", "v11"), np.asarray(block["cov"], dtype=np.float64).T, strict=True))
+                )
+            model.set_units(units)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise InvalidInputError(f"malformed {ENGINE} model: {exc}", {"engine": ENGINE}) from exc
+        return model
+
+    def unit_frame(self) -> pd.DataFrame:
+        """The per-unit posterior moments as rows (unit, n_obs, m0, m1, v00, v01, v11): what the job stores."""
+        check_fitted(self, "coef_mean_")
+        assert self.coef_mean_ is not None and self.coef_cov_ is not None and self.n_obs_ is not None
+        return pd.DataFrame(
+            {
+                "unit": self.units_,
+                "n_obs": self.n_obs_,
+                "m0": self.coef_mean_[:, 0],
+                "m1": self.coef_mean_[:, 1],
+                "v00": self.coef_cov_[:, 0, 0],
+                "v01": self.coef_cov_[:, 0, 1],
+                "v11": self.coef_cov_[:, 1, 1],
+            }
+        )
+
+    def set_units(self, frame: pd.DataFrame) -> None:
+        """Install per-unit moments from :meth:`unit_frame` rows (used by :meth:`from_json`)."""
+        self.units_ = [_python_label(u) for u in frame["unit"]]
+        self.n_obs_ = frame["n_obs"].to_numpy(dtype=np.int64)
+        self.coef_mean_ = frame[["m0", "m1"]].to_numpy(dtype=np.float64)
+        v00, v01, v11 = (frame[c].to_numpy(dtype=np.float64) for c in ("v00", "v01", "v11"))
+        self.coef_cov_ = np.stack([np.stack([v00, v01], 1), np.stack([v01, v11], 1)], 1)
+
+
+def _gaussian_unit_moments(stats: FloatArray, hyper: dict[str, FloatArray]) -> tuple[FloatArray, FloatArray]:
+    """Exact posterior mean and covariance of every unit's (b0 + u0, b1 + u1), averaging the conditional normal
+    ``N(b + C Z'r / sigma^2, C)`` over the hyper-parameter draws (law of total variance), in chunks of draws."""
+    n, st, stt, sy, sty = (stats[:, j] for j in range(5))
+    units = len(n)
+    s1 = np.zeros((units, 2))
+    s2 = np.zeros((units, 2, 2))
+    draws = len(hyper["Intercept"])
+    chunk = max(1, 4_000_000 // max(units, 1))
+    for lo in range(0, draws, chunk):
+        sl = slice(lo, lo + chunk)
+        b0, b1 = hyper["Intercept"][sl, None], hyper["time"][sl, None]
+        tau0, tau1, rho = (
+            hyper["sd(Intercept)"][sl, None],
+            hyper["sd(time)"][sl, None],
+            hyper["cor(Intercept,time)"][sl, None],
+        )
+        s2_ = hyper["sigma"][sl, None] ** 2
+        det_sigma = tau0**2 * tau1**2 * (1 - rho**2)
+        m00 = tau1**2 / det_sigma + n / s2_
+        m01 = -rho * tau0 * tau1 / det_sigma + st / s2_
+        m11 = tau0**2 / det_sigma + stt / s2_
+        det_m = m00 * m11 - m01 * m01
+        c00, c01, c11 = m11 / det_m, -m01 / det_m, m00 / det_m  # C = M^-1
+        z0 = (sy - n * b0 - st * b1) / s2_
+        z1 = (sty - st * b0 - stt * b1) / s2_
+        e0 = b0 + c00 * z0 + c01 * z1
+        e1 = b1 + c01 * z0 + c11 * z1
+        s1[:, 0] += e0.sum(0)
+        s1[:, 1] += e1.sum(0)
+        s2[:, 0, 0] += (c00 + e0 * e0).sum(0)
+        s2[:, 0, 1] += (c01 + e0 * e1).sum(0)
+        s2[:, 1, 1] += (c11 + e1 * e1).sum(0)
+    mean = s1 / draws
+    s2[:, 1, 0] = s2[:, 0, 1]
+    cov = s2 / draws - np.einsum("ui,uj->uij", mean, mean)
+    return mean, cov
+
+
+def _binomial_unit_draws(samples: dict[str, FloatArray]) -> FloatArray:
+    """Unit coefficients (b0 + u0_i, b1 + u1_i) per draw from the non-centred samples: (chains, draws, units, 2)."""
+    z = samples["z"]
+    u0 = samples["tau0"][..., None] * z[..., 0]
+    u1 = samples["l10"][..., None] * z[..., 0] + samples["l11"][..., None] * z[..., 1]
+    return np.stack([samples["b0"][..., None] + u0, samples["b1"][..., None] + u1], axis=-1)
