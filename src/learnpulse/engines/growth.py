@@ -267,7 +267,6 @@ def _gaussian_model(*, stats: Any, priors: GrowthPriors, loc: float) -> None:
 def _binomial_model(
     *, code: Any, time: Any, y: Any, trials: Any, n_units: int, priors: GrowthPriors, loc: float
 ) -> None:
-    import jax.numpy as jnp
     import numpyro
     import numpyro.distributions as dist
 
