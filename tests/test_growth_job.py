@@ -17,6 +17,7 @@ from learnpulse.errors import DiagnosticsFailedError, NotFoundError
 from learnpulse.jobs import fit_bayesian_growth as job
 from learnpulse.settings import load_settings
 from learnpulse.store import growth as store
+from learnpulse.store.buckets import complete_weeks
 from learnpulse.store.db import make_engine
 from learnpulse.store.schema import upgrade
 from learnpulse.store.world import save_world
@@ -42,9 +43,9 @@ def school(engine: Engine) -> Engine:
 
 def test_window_is_the_complete_weeks_ending_by_the_as_of_date() -> None:
     # 2026-06-21 is a Sunday: its own week is complete and is the last; a Monday's window ends the week before.
-    assert job.window(date(2026, 6, 21), 12) == (date(2026, 3, 30), date(2026, 6, 15))
-    assert job.window(date(2026, 6, 22), 12) == (date(2026, 3, 30), date(2026, 6, 15))
-    assert job.window(date(2026, 6, 28), 2) == (date(2026, 6, 15), date(2026, 6, 22))
+    assert complete_weeks(date(2026, 6, 21), 12) == (date(2026, 3, 30), date(2026, 6, 15))
+    assert complete_weeks(date(2026, 6, 22), 12) == (date(2026, 3, 30), date(2026, 6, 15))
+    assert complete_weeks(date(2026, 6, 28), 2) == (date(2026, 6, 15), date(2026, 6, 22))
     # Week w's accuracy stands for its middle: the window's first Monday is time -0.5, the next Monday 0.5.
     assert job.time_of(date(2026, 3, 30), date(2026, 3, 30)) == -0.5
     assert job.time_of(date(2026, 4, 6), date(2026, 3, 30)) == 0.5
@@ -197,7 +198,7 @@ def test_90pc_intervals_of_the_true_slopes_cover_them_85_to_95pc_of_the_time(
     default_growth: tuple[Engine, World, date],
 ) -> None:
     engine, world, as_of = default_growth
-    first, last = job.window(as_of, 12)
+    first, last = complete_weeks(as_of, 12)
     with engine.connect() as conn:
         weekly = store.load_weekly_accuracy(conn, first_week=first, last_week=last)
     counts = weekly.groupby("user_id").size()
@@ -253,7 +254,7 @@ def test_p_is_calibrated_against_reaching_the_goal(default_growth: tuple[Engine,
 def test_p_matches_the_normal_tail_of_the_stored_moments(default_growth: tuple[Engine, World, date]) -> None:
     """P in growth_unit is exactly Phi((m . x_T - target) / sd) from the stored moments (gaussian family)."""
     engine, _, as_of = default_growth
-    first, _ = job.window(as_of, 12)
+    first, _ = complete_weeks(as_of, 12)
     units = read_table(engine, "growth_unit").dropna(subset=["p"])
     t = job.time_of(pd.Series(units["deadline"]), first)
     mean = units["m0"] + units["m1"] * t

@@ -33,6 +33,7 @@ from typing import Any, Literal, Self, TypeVar
 import httpx
 
 from learnpulse.api.growth_schemas import GrowthFitResponse, GrowthModelInfo, GrowthPredictResponse
+from learnpulse.api.irt_schemas import CalibrateResponse, ItemInfo, ScoreResponse
 from learnpulse.api.schemas import Health, JobRun, JobStatus, KpiWeek, Page, Readiness
 from learnpulse.api.survival_schemas import (
     AlertTier,
@@ -410,6 +411,37 @@ class Client:
     def growth_model(self) -> GrowthModelInfo:
         """``GET /growth/model``: the growth model in use (``NotFound`` when there is none yet)."""
         return GrowthModelInfo.model_validate(self._request("GET", "/growth/model"))
+
+    def calibrate_irt(
+        self,
+        person: Sequence[int | str],
+        item: Sequence[int | str],
+        correct: Sequence[bool | int],
+        *,
+        min_responses: int = 30,
+        latent: Literal["normal", "empirical"] = "normal",
+    ) -> CalibrateResponse:
+        """``POST /irt/calibrate``: 2PL item parameters from the given answers (nothing is stored). A pure function
+        of its input: retried like an idempotent call."""
+        body = {
+            "person": list(person),
+            "item": list(item),
+            "correct": [int(c) for c in correct],
+            "min_responses": min_responses,
+            "latent": latent,
+        }
+        return CalibrateResponse.model_validate(self._request("POST", "/irt/calibrate", json=body, idempotent=True))
+
+    def score_irt(
+        self, person: Sequence[int | str], item: Sequence[int | str], correct: Sequence[bool | int]
+    ) -> ScoreResponse:
+        """``POST /irt/score``: EAP ability, SD and learning index per person with the stored calibration."""
+        body = {"person": list(person), "item": list(item), "correct": [int(c) for c in correct]}
+        return ScoreResponse.model_validate(self._request("POST", "/irt/score", json=body, idempotent=True))
+
+    def item(self, item_id: int) -> ItemInfo:
+        """``GET /items/{item_id}``: the item's parameters in the latest calibrations (``NotFound`` if never)."""
+        return ItemInfo.model_validate(self._request("GET", f"/items/{int(item_id)}"))
 
     def alerts(
         self,

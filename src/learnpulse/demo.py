@@ -48,6 +48,8 @@ def run_demo(
     step("build-kpi", lambda: run_job(settings, "build-kpi", as_of, {}))
     # Churn risk at the same as-of date; both jobs replace their rows of that date, so a re-run adds nothing.
     # Too few churn events (a tiny school) is reported and the demo goes on: detect-inactivity then flags by days.
+    # Item calibration first among the model jobs: it rewrites I_t, which the later models read.
+    step("calibrate-irt", lambda: _unless_insufficient(lambda: run_job(settings, "calibrate-irt", as_of, {})))
     # Goal probabilities (P, sigma); too little data or failed diagnostics are reported and the demo goes on.
     step(
         "fit-bayesian-growth", lambda: _unless_insufficient(lambda: run_job(settings, "fit-bayesian-growth", as_of, {}))

@@ -27,9 +27,10 @@ from sqlalchemy import Connection
 
 from learnpulse.engines.growth import GrowthModel
 from learnpulse.errors import InvalidInputError, NotFoundError
-from learnpulse.jobs.fit_bayesian_growth import ACCURACY_BOUNDS, MIN_WEEKS, time_of, window
+from learnpulse.jobs.fit_bayesian_growth import ACCURACY_BOUNDS, MIN_WEEKS, time_of
 from learnpulse.settings import Settings
 from learnpulse.store import growth as store
+from learnpulse.store.buckets import complete_weeks as window
 
 NO_MODEL = "no growth model yet: run fit-bayesian-growth (`learnpulse run fit-bayesian-growth`)"
 

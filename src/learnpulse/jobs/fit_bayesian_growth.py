@@ -40,7 +40,7 @@ from learnpulse.jobs.fit_survival_churn import require_kpi_through
 from learnpulse.schedule import BY_NAME, cron_of
 from learnpulse.settings import Settings
 from learnpulse.store import growth as store
-from learnpulse.store.buckets import week_start
+from learnpulse.store.buckets import complete_weeks as window
 
 NAME = "fit-bayesian-growth"
 SEED = 20260302
@@ -49,12 +49,6 @@ MAX_DIVERGENCE_SHARE = 0.01
 MIN_WEEKS = 3
 ACCURACY_BOUNDS = (0.0, 1.0)
 _RESPONSE = {"gaussian": "accuracy", "binomial": "correct | trials(attempts)"}
-
-
-def window(as_of: date, lookback_weeks: int) -> tuple[date, date]:
-    """(Monday of the window's first week, Monday of its last week): the complete weeks ending by ``as_of``."""
-    last = week_start(as_of) if as_of.weekday() == 6 else week_start(as_of) - timedelta(days=7)
-    return last - timedelta(days=7 * (lookback_weeks - 1)), last
 
 
 def time_of(day: date | pd.Series, window_start: date) -> Any:

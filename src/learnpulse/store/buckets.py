@@ -96,3 +96,15 @@ def date_param(dialect: str, value: date) -> object:
 
 def week_start(day: date) -> date:
     return day - timedelta(days=day.weekday())
+
+
+def complete_weeks(as_of: date, weeks: int) -> tuple[date, date]:
+    """(Monday of the first, Monday of the last) of the ``weeks`` complete local weeks ending by ``as_of``: the last
+    is the week of ``as_of`` when ``as_of`` is a Sunday, else the week before."""
+    last = week_start(as_of) if as_of.weekday() == 6 else week_start(as_of) - timedelta(days=7)
+    return last - timedelta(days=7 * (weeks - 1)), last
+
+
+def day_number(day: date) -> int:
+    """Days since 1970-01-01: the integer form of a local date in the stores' numeric frames."""
+    return (day - date(1970, 1, 1)).days

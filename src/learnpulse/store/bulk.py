@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from sqlalchemy import Boolean, Connection, Date, Table, text
+from sqlalchemy import Boolean, Column, Connection, Date, MetaData, Table, text
 
 from learnpulse.store.db import is_sqlite
 from learnpulse.store.types import UTCTimestamp
@@ -178,3 +178,31 @@ def numeric_frame(conn: Connection, sql: str, columns: dict[str, Any]) -> pd.Dat
             for n, t in columns.items()
         }
     )
+
+
+def stage_frame(
+    conn: Connection,
+    name: str,
+    *,
+    like: Table,
+    columns: Sequence[str],
+    frame: pd.DataFrame,
+    progress: Progress | None,
+) -> Table:
+    """A temporary, unindexed table with ``like``'s column types, bulk-loaded with ``frame``."""
+    cols = ", ".join(columns)
+    if is_sqlite(conn):
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS temp.{name}")
+        conn.exec_driver_sql(f"CREATE TEMP TABLE {name} AS SELECT {cols} FROM {like.name} WHERE 0")
+    else:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS pg_temp.{name}")
+        conn.exec_driver_sql(f"CREATE TEMP TABLE {name} ON COMMIT DROP AS SELECT {cols} FROM {like.name} WITH NO DATA")
+    stage = Table(name, MetaData(), *(Column(c, like.c[c].type) for c in columns))
+    insert_frame(conn, name, frame, columns=list(columns), target=stage, progress=progress)
+    if not is_sqlite(conn):
+        conn.exec_driver_sql(f"ANALYZE {name}")  # the join below needs row counts to pick a good plan
+    return stage
+
+
+def drop_stage(conn: Connection, stage: Table) -> None:
+    conn.exec_driver_sql(f"DROP TABLE {'temp.' if is_sqlite(conn) else 'pg_temp.'}{stage.name}")

@@ -26,7 +26,7 @@ Speed (10 million attempts is the yardstick):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,10 +34,8 @@ from typing import Any, Literal
 
 import pandas as pd
 from sqlalchemy import (
-    Column,
     Connection,
     Integer,
-    MetaData,
     Table,
     case,
     exists,
@@ -51,7 +49,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from learnpulse.store.bulk import Progress, insert_frame
+from learnpulse.store.bulk import Progress, drop_stage, insert_frame, stage_frame
 from learnpulse.store.db import is_sqlite
 from learnpulse.store.tables import attempt, ingest_batch, user_goal
 
@@ -130,7 +128,9 @@ def merge_attempts(
         finish_batch(conn, batch_id, len(frame))
         return MergeResult(rows_in=rows_in, added=len(frame), batch_id=batch_id)
 
-    stage = _stage(conn, "lp_stage_attempt", like=attempt, columns=ATTEMPT_DATA_COLUMNS, frame=frame, progress=progress)
+    stage = stage_frame(
+        conn, "lp_stage_attempt", like=attempt, columns=ATTEMPT_DATA_COLUMNS, frame=frame, progress=progress
+    )
     s, a = stage.alias("s"), attempt.alias("a")
     differs = or_(
         *(s.c[c] != a.c[c] for c in ATTEMPT_DATA_COLUMNS[1:-1]),
@@ -152,7 +152,7 @@ def merge_attempts(
         return MergeResult(rows_in=rows_in, conflict_count=int(conflicting), conflicts=conflicts)
     new = len(frame) - int(existing)
     if new == 0:
-        _drop(conn, stage)
+        drop_stage(conn, stage)
         return MergeResult(rows_in=rows_in)
     batch_id = new_batch(conn, "attempts", source, sha256, rows_in)
     selected = select(*s.c, literal(batch_id, Integer))
@@ -161,7 +161,7 @@ def merge_attempts(
         selected = selected.where(~exists(stored))
     with _bulk_append(conn, attempt, new):
         conn.execute(insert(attempt).from_select([*ATTEMPT_DATA_COLUMNS, "batch_id"], selected))
-    _drop(conn, stage)
+    drop_stage(conn, stage)
     finish_batch(conn, batch_id, new)
     return MergeResult(rows_in=rows_in, added=new, batch_id=batch_id)
 
@@ -181,7 +181,7 @@ def merge_goals(
         return MergeResult(rows_in=rows_in)
     frame = frame.loc[:, list(GOAL_DATA_COLUMNS)]
     _lock(conn, user_goal)
-    stage = _stage(
+    stage = stage_frame(
         conn, "lp_stage_user_goal", like=user_goal, columns=GOAL_DATA_COLUMNS, frame=frame, progress=progress
     )
     s, g = stage.alias("s"), user_goal.alias("g")
@@ -196,7 +196,7 @@ def merge_goals(
     ).one()
     new, updated = int(new), int(updated)
     if new + updated == 0:
-        _drop(conn, stage)
+        drop_stage(conn, stage)
         return MergeResult(rows_in=rows_in)
     batch_id = new_batch(conn, "goals", source, sha256, rows_in)
     selected = select(*s.c, literal(batch_id, Integer)).select_from(joined).where(or_(missing, changed))
@@ -206,7 +206,7 @@ def merge_goals(
         set_={c: stmt.excluded[c] for c in ("target", "deadline", "batch_id")},
     )
     conn.execute(stmt)
-    _drop(conn, stage)
+    drop_stage(conn, stage)
     finish_batch(conn, batch_id, new + updated)
     return MergeResult(rows_in=rows_in, added=new, updated=updated, batch_id=batch_id)
 
@@ -243,34 +243,6 @@ def _lock(conn: Connection, table: Table) -> None:
     """Serialise loads into ``table`` (PostgreSQL); SQLite writers already hold the database's write lock."""
     if not is_sqlite(conn):
         conn.exec_driver_sql(f"LOCK TABLE {table.name} IN SHARE ROW EXCLUSIVE MODE")
-
-
-def _stage(
-    conn: Connection,
-    name: str,
-    *,
-    like: Table,
-    columns: Sequence[str],
-    frame: pd.DataFrame,
-    progress: Progress | None,
-) -> Table:
-    """A temporary, unindexed table with ``like``'s column types, bulk-loaded with ``frame``."""
-    cols = ", ".join(columns)
-    if is_sqlite(conn):
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS temp.{name}")
-        conn.exec_driver_sql(f"CREATE TEMP TABLE {name} AS SELECT {cols} FROM {like.name} WHERE 0")
-    else:
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS pg_temp.{name}")
-        conn.exec_driver_sql(f"CREATE TEMP TABLE {name} ON COMMIT DROP AS SELECT {cols} FROM {like.name} WITH NO DATA")
-    stage = Table(name, MetaData(), *(Column(c, like.c[c].type) for c in columns))
-    insert_frame(conn, name, frame, columns=list(columns), target=stage, progress=progress)
-    if not is_sqlite(conn):
-        conn.exec_driver_sql(f"ANALYZE {name}")  # the join below needs row counts to pick a good plan
-    return stage
-
-
-def _drop(conn: Connection, stage: Table) -> None:
-    conn.exec_driver_sql(f"DROP TABLE {'temp.' if is_sqlite(conn) else 'pg_temp.'}{stage.name}")
 
 
 def _dialect_insert(conn: Connection, table: Table) -> Any:

@@ -110,6 +110,7 @@ weekly_kpi = Table(
     # model columns (each written by its own job, never by build-kpi except the I_t placeholder)
     Column("i_t", Float, nullable=True),  # I_t, learning index 0-100
     Column("i_t_source", String(16), nullable=True),  # "accuracy" (placeholder) or "irt"
+    Column("i_t_sd", Float, nullable=True),  # posterior SD of I_t (calibrate-irt's EAP SD x 10; NULL: placeholder)
     Column("p", Float, nullable=True),  # P, goal-attainment probability
     Column("sigma", Float, nullable=True),  # sigma, posterior SD of expected accuracy at the deadline
     Column("s", Float, nullable=True),  # S, churn risk
@@ -219,6 +220,43 @@ growth_unit = Table(
     Column("flag", String(24), nullable=False),  # ok | little_history | no_history | no_goal | deadline_passed
 )
 
+irt_calibration_meta = Table(
+    "irt_calibration_meta",
+    metadata,
+    # One 2PL calibration (calibrate-irt) per run; the latest is the scale I_t is on.
+    Column("run_id", Integer, primary_key=True, autoincrement=False),
+    Column("as_of", Date, nullable=False),
+    Column("window_start", Date, nullable=False),  # Monday of the first week calibrated
+    Column("window_end", Date, nullable=False),  # Sunday of the last week calibrated
+    Column("n_responses", BigInteger, nullable=False),
+    Column("n_persons", Integer, nullable=False),  # student-weeks (each is one person of the calibration)
+    Column("n_items", Integer, nullable=False),  # items calibrated
+    Column("n_flagged", Integer, nullable=False),  # items left out (too few responses, no variance)
+    Column("linking", JSON, nullable=False),  # method, base run, A, B, anchors, drift summary (or "base scale")
+    Column("log_likelihood", Float, nullable=False),
+    Column("iterations", Integer, nullable=False),
+    Column("converged", Boolean, nullable=False),
+    Column("settings", JSON, nullable=False),  # engine parameters
+    Column("elapsed_seconds", Float, nullable=False),
+    Column("model", JSON, nullable=False),  # IRT2PL.to_json() on the linked scale: what /irt/score loads
+)
+
+irt_item = Table(
+    "irt_item",
+    metadata,
+    # Item parameters of every calibration, on the linked scale (NULL a/b: flagged, left out).
+    Column("run_id", Integer, primary_key=True),
+    Column("item_id", BigInteger, primary_key=True),
+    Column("a", Float, nullable=True),
+    Column("b", Float, nullable=True),
+    Column("se_a", Float, nullable=True),
+    Column("se_b", Float, nullable=True),
+    Column("n_responses", Integer, nullable=False),
+    Column("p_correct", Float, nullable=False),
+    Column("flag", String(24), nullable=True),  # too_few_responses | no_variance | NULL
+    Index(None, "item_id", "run_id"),
+)
+
 # --- operations ----------------------------------------------------------------------------------------------
 
 job_run = Table(
@@ -311,4 +349,5 @@ DERIVED_TABLES = (features_topic_daily, weekly_kpi)
 SURVIVAL_TABLES = (survival_fit_meta, survival_score, inactivity_alert)
 GROWTH_TABLES = (growth_brms_meta, growth_unit)
 # Every model result table: derived from the source data, replaced with it.
-MODEL_TABLES = (*SURVIVAL_TABLES, *GROWTH_TABLES)
+IRT_TABLES = (irt_calibration_meta, irt_item)
+MODEL_TABLES = (*SURVIVAL_TABLES, *GROWTH_TABLES, *IRT_TABLES)
