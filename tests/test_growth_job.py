@@ -100,6 +100,7 @@ def test_failed_diagnostics_are_recorded_and_the_previous_model_stays(
     before = read_table(school, "growth_unit")
     kpi_before = read_table(school, "weekly_kpi", ["user_id", "week_start"])
     monkeypatch.setattr(job, "MAX_RHAT", 0.5)  # no chain can pass: R-hat is about 1 at best
+    monkeypatch.setattr(job, "RETRY_ITER_FACTOR", 1)  # and no retry with longer chains
     with pytest.raises(DiagnosticsFailedError, match="max R-hat"):
         run_named(school, job.NAME, SMALL_AS_OF, **FAST)
     meta = read_table(school, "growth_brms_meta", ["run_id"])

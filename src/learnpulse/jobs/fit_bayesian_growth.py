@@ -9,7 +9,8 @@ One run, as of date ``A``:
 2. **Data.** Student-weeks with attempts from ``weekly_kpi``: gaussian family ``y = correct / attempts``
    (brms ``accuracy ~ time + (time | user)``), binomial family ``correct | trials(attempts)``.
 3. **Fit** :class:`~learnpulse.engines.growth.GrowthModel` with ``BRMS_FAMILY``, ``BRMS_ITER``, ``BRMS_CHAINS``
-   (fixed seed: a re-run on the same data gives the same numbers). If the diagnostics fail — max R-hat of the
+   (fixed seed: a re-run on the same data gives the same numbers). A fit whose diagnostics fail is redone once
+   with ``RETRY_ITER_FACTOR`` (2) times ``BRMS_ITER`` iterations. If the diagnostics still fail — max R-hat of the
    hyper-parameters above ``MAX_RHAT`` or divergent transitions above ``MAX_DIVERGENCE_SHARE`` of the draws — the
    run fails with :class:`DiagnosticsFailedError`; its ``growth_brms_meta`` row is kept with ``status = 'failed'``
    and the diagnostics, and the previous model stays in use (nothing else is written).
@@ -47,6 +48,7 @@ SEED = 20260302
 MAX_RHAT = 1.01
 MAX_DIVERGENCE_SHARE = 0.01
 MIN_WEEKS = 3
+RETRY_ITER_FACTOR = 2  # a fit whose diagnostics fail is redone once with this many times BRMS_ITER
 ACCURACY_BOUNDS = (0.0, 1.0)
 _RESPONSE = {"gaussian": "accuracy", "binomial": "correct | trials(attempts)"}
 
@@ -76,8 +78,12 @@ def weekly_data(frame: pd.DataFrame, window_start: date, family: str) -> dict[st
     }
 
 
-def fit_model(settings: Settings, data: dict[str, np.ndarray[Any, Any]]) -> GrowthModel:
-    model = GrowthModel(settings.brms_family, iter=settings.brms_iter, chains=settings.brms_chains, seed=SEED)
+def fit_model(
+    settings: Settings, data: dict[str, np.ndarray[Any, Any]], *, iterations: int | None = None
+) -> GrowthModel:
+    model = GrowthModel(
+        settings.brms_family, iter=iterations or settings.brms_iter, chains=settings.brms_chains, seed=SEED
+    )
     return model.fit(data["unit"], data["time"], data["y"], data.get("trials"))
 
 
@@ -167,7 +173,7 @@ def meta_row(
         "reason": reason,
         "formula": f"{_RESPONSE[s.brms_family]} ~ time + (time | user)",
         "family": s.brms_family,
-        "iter": s.brms_iter,
+        "iter": model.iter if model is not None else s.brms_iter,
         "chains": s.brms_chains,
         "lookback_weeks": s.lookback_weeks,
         "window_start": window_start,
@@ -211,9 +217,16 @@ def run(ctx: JobContext) -> JobOutcome:
             {"first_week": first.isoformat(), "last_week": last.isoformat(), "rows": len(weekly)},
         )
     ctx.say(f"fitting {settings.brms_family} growth on {len(weekly)} student-weeks ({first} .. {last})")
-    model = fit_model(settings, weekly_data(weekly, first, settings.brms_family))
+    data = weekly_data(weekly, first, settings.brms_family)
+    model = fit_model(settings, data)
     assert model.diagnostics_ is not None
     problems = diagnostics_problems(model.diagnostics_)
+    if problems and RETRY_ITER_FACTOR > 1:
+        # Small schools identify the slope SD weakly: longer chains usually settle it (what a brms user would do).
+        ctx.say(f"diagnostics failed ({'; '.join(problems)}); refitting with {RETRY_ITER_FACTOR}x BRMS_ITER")
+        model = fit_model(settings, data, iterations=RETRY_ITER_FACTOR * settings.brms_iter)
+        assert model.diagnostics_ is not None
+        problems = diagnostics_problems(model.diagnostics_)
     if problems:
         reason = "diagnostics failed: " + "; ".join(problems)
         row = meta_row(
@@ -227,6 +240,8 @@ def run(ctx: JobContext) -> JobOutcome:
         raise DiagnosticsFailedError(
             f"{reason}; the previous model stays in use", {"diagnostics": row["diagnostics"]}, record=row
         )
+    diagnostics = model.diagnostics_
+    assert diagnostics is not None
     goals = store.load_goals(ctx.conn)
     units = goal_rows(model, goals, list(model.units_ or []), as_of=ctx.as_of, window_start=first)
     store.record_fit(
@@ -238,7 +253,7 @@ def run(ctx: JobContext) -> JobOutcome:
     written = 1 + store.replace_units(ctx.conn, ctx.run_id, units)
     kpi_rows = store.write_weekly_p(ctx.conn, ctx.run_id, ctx.as_of)
     flags = units["flag"].value_counts().to_dict()
-    ctx.say(f"P for {int(units['p'].notna().sum())} students; max R-hat {model.diagnostics_['max_rhat']:.4f}")
+    ctx.say(f"P for {int(units['p'].notna().sum())} students; max R-hat {diagnostics['max_rhat']:.4f}")
     return JobOutcome(
         rows_written=written + kpi_rows,
         summary={
@@ -246,8 +261,9 @@ def run(ctx: JobContext) -> JobOutcome:
             "student_weeks": len(weekly),
             "goal_probabilities": int(units["p"].notna().sum()),
             "flags": {str(k): int(v) for k, v in flags.items()},
-            "max_rhat": model.diagnostics_["max_rhat"],
-            "divergences": model.diagnostics_["divergences"],
+            "max_rhat": diagnostics["max_rhat"],
+            "divergences": diagnostics["divergences"],
+            "iter": model.iter,
             "weekly_kpi_rows": kpi_rows,
         },
     )
