@@ -111,6 +111,11 @@ weekly_kpi = Table(
     Column("i_t", Float, nullable=True),  # I_t, learning index 0-100
     Column("i_t_source", String(16), nullable=True),  # "accuracy" (placeholder) or "irt"
     Column("i_t_sd", Float, nullable=True),  # posterior SD of I_t (calibrate-irt's EAP SD x 10; NULL: placeholder)
+    # forecast-prophet, on the student's last observed week: next week's I_t forecast and its interval
+    Column("i_t_next", Float, nullable=True),
+    Column("i_t_next_lower", Float, nullable=True),
+    Column("i_t_next_upper", Float, nullable=True),
+    Column("anomaly", Boolean, nullable=True),  # forecast-prophet: this week's I_t is anomalous (NULL: not judged)
     Column("p", Float, nullable=True),  # P, goal-attainment probability
     Column("sigma", Float, nullable=True),  # sigma, posterior SD of expected accuracy at the deadline
     Column("s", Float, nullable=True),  # S, churn risk
@@ -257,6 +262,67 @@ irt_item = Table(
     Index(None, "item_id", "run_id"),
 )
 
+prophet_fit_meta = Table(
+    "prophet_fit_meta",
+    metadata,
+    # One row per student and forecast-prophet run: the fitted trend and the forecast (or why there is none).
+    Column("run_id", Integer, primary_key=True),
+    Column("user_id", BigInteger, primary_key=True),
+    Column("as_of", Date, nullable=False),
+    Column("status", String(16), nullable=False),  # fitted | skipped | failed
+    Column("reason", Text, nullable=True),  # why skipped or failed
+    Column("n_points", Integer, nullable=False),  # weeks of I_t in the series
+    Column("engine", String(16), nullable=False),  # batch (vectorised MAP of prophet's model) | prophet
+    Column("parameters", JSON, nullable=True),  # k, m, delta, sigma_obs, scaling, log-posterior
+    Column("changepoints", JSON, nullable=True),  # changepoint dates
+    Column("forecast", JSON, nullable=True),  # [{week_start, yhat, yhat_lower, yhat_upper}] for the next weeks
+    Index(None, "as_of"),
+)
+
+prophet_anomalies = Table(
+    "prophet_anomalies",
+    metadata,
+    # Weeks whose I_t broke the student's pattern (forecast-prophet).
+    Column("run_id", Integer, primary_key=True),
+    Column("user_id", BigInteger, primary_key=True),
+    Column("week_start", Date, primary_key=True),
+    Column("y", Float, nullable=False),  # observed I_t
+    Column("yhat", Float, nullable=False),  # expected I_t
+    Column("lower", Float, nullable=False),  # expected range
+    Column("upper", Float, nullable=False),
+    Column("score", Float, nullable=False),  # |y - yhat| / robust residual scale
+    Column("direction", String(8), nullable=False),  # drop | jump
+    Index(None, "week_start", "direction"),
+)
+
+segment_meta = Table(
+    "segment_meta",
+    metadata,
+    # One row per segment of a cluster-segments run (vanished segments of the previous run included, size 0).
+    Column("run_id", Integer, primary_key=True),
+    Column("segment_id", Integer, primary_key=True),  # stable across runs for a persisting segment
+    Column("as_of", Date, nullable=False),
+    Column("name", String(64), nullable=False),  # readable, unique within the run
+    Column("size", Integer, nullable=False),
+    Column("status", String(16), nullable=False),  # persisting | new | vanished
+    Column("matched_previous_id", Integer, nullable=True),  # the previous run's id it was matched to
+    Column("match_distance", Float, nullable=True),
+    Column("centroid", JSON, nullable=True),  # feature -> value in original units
+    Column("quality", JSON, nullable=False),  # method, k, how k was chosen, silhouette / BIC, inertia
+)
+
+user_segment = Table(
+    "user_segment",
+    metadata,
+    # Each student's segment in a cluster-segments run.
+    Column("run_id", Integer, primary_key=True),
+    Column("user_id", BigInteger, primary_key=True),
+    Column("segment_id", Integer, nullable=False),
+    Column("distance", Float, nullable=False),  # to the segment's centre in the scaled feature space
+    Column("probability", Float, nullable=True),  # membership probability (gmm only)
+    Index(None, "user_id", "run_id"),
+)
+
 # --- operations ----------------------------------------------------------------------------------------------
 
 job_run = Table(
@@ -350,4 +416,6 @@ SURVIVAL_TABLES = (survival_fit_meta, survival_score, inactivity_alert)
 GROWTH_TABLES = (growth_brms_meta, growth_unit)
 # Every model result table: derived from the source data, replaced with it.
 IRT_TABLES = (irt_calibration_meta, irt_item)
-MODEL_TABLES = (*SURVIVAL_TABLES, *GROWTH_TABLES, *IRT_TABLES)
+FORECAST_TABLES = (prophet_fit_meta, prophet_anomalies)
+SEGMENT_TABLES = (segment_meta, user_segment)
+MODEL_TABLES = (*SURVIVAL_TABLES, *GROWTH_TABLES, *IRT_TABLES, *FORECAST_TABLES, *SEGMENT_TABLES)
