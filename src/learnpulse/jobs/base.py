@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Connection, Engine
 
 from learnpulse.settings import Settings
@@ -45,3 +47,17 @@ class Job:
     # Called in the transaction that records a failed run (the job's own writes are rolled back): lets a job keep
     # a record of what failed, e.g. a model whose diagnostics failed. Arguments: conn, run_id, as_of, the error.
     on_failure: Callable[[Connection, int, date, BaseException], None] | None = None
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NumPy scalars made plain and non-finite floats made None (recursively): what JSON columns and
+    job summaries can hold."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer | np.bool_):
+        return value.item()
+    return value

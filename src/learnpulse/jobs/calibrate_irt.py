@@ -23,7 +23,6 @@ One run, as of date ``A``:
 
 from __future__ import annotations
 
-import math
 import time
 from datetime import date, timedelta
 from typing import Any
@@ -33,7 +32,7 @@ import pandas as pd
 
 from learnpulse.engines.irt import IRT2PL, learning_index, link
 from learnpulse.errors import InsufficientDataError
-from learnpulse.jobs.base import Job, JobContext, JobOutcome
+from learnpulse.jobs.base import Job, JobContext, JobOutcome, json_safe
 from learnpulse.jobs.fit_survival_churn import require_kpi_through
 from learnpulse.schedule import BY_NAME, cron_of
 from learnpulse.store import irt as store
@@ -80,18 +79,6 @@ def _backfill(ctx: JobContext, model: IRT2PL, first: date) -> int:
     old = store.load_responses(ctx.conn, first_day=oldest, last_day=last, tz=ctx.settings.timezone)
     ctx.say(f"backfilling I_t of the weeks {oldest} .. {last} ({len(old):,} answers)")
     return store.write_learning_index(ctx.conn, score_weeks(model, old, oldest)) if len(old) else 0
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer | np.bool_):
-        return value.item()
-    return value
 
 
 def run(ctx: JobContext) -> JobOutcome:
@@ -151,7 +138,7 @@ def run(ctx: JobContext) -> JobOutcome:
     }
     written = store.record_calibration(
         ctx.conn,
-        _finite(meta),
+        json_safe(meta),
         items[["item_id", "a", "b", "se_a", "se_b", "n_responses", "p_correct", "flag"]],
     )
     updated = store.write_learning_index(ctx.conn, index) + backfilled

@@ -25,7 +25,6 @@ One run, as of date ``A``:
 
 from __future__ import annotations
 
-import math
 import time
 from datetime import date, timedelta
 from typing import Any
@@ -36,7 +35,7 @@ from sqlalchemy import Connection
 
 from learnpulse.engines.growth import GrowthModel
 from learnpulse.errors import DiagnosticsFailedError, InsufficientDataError
-from learnpulse.jobs.base import Job, JobContext, JobOutcome
+from learnpulse.jobs.base import Job, JobContext, JobOutcome, json_safe
 from learnpulse.jobs.fit_survival_churn import require_kpi_through
 from learnpulse.schedule import BY_NAME, cron_of
 from learnpulse.settings import Settings
@@ -149,18 +148,6 @@ def goal_rows(
     )
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer | np.bool_):
-        return value.item()
-    return value
-
-
 def meta_row(
     ctx: JobContext, *, model: GrowthModel | None, window_start: date, n_obs: int, seconds: float, reason: str | None
 ) -> dict[str, Any]:
@@ -201,7 +188,7 @@ def meta_row(
             "diagnostics": model.diagnostics_,
             "model": body,
         }
-    return {k: _finite(v) for k, v in row.items()}
+    return {k: json_safe(v) for k, v in row.items()}
 
 
 def run(ctx: JobContext) -> JobOutcome:

@@ -39,7 +39,7 @@ from sqlalchemy import Connection
 from learnpulse import churn
 from learnpulse.engines.survival import concordance_index
 from learnpulse.errors import InsufficientDataError
-from learnpulse.jobs.base import Job, JobContext, JobOutcome
+from learnpulse.jobs.base import Job, JobContext, JobOutcome, json_safe
 from learnpulse.schedule import BY_NAME, cron_of
 from learnpulse.store import survival as store
 
@@ -122,19 +122,6 @@ def _previous_model(ctx: JobContext) -> str:
     if previous is None:
         return "there is no previous model"
     return f"the previous model (as of {previous['as_of']}, run {previous['run_id']}) stays in use"
-
-
-def _finite(value: Any) -> Any:
-    """JSON-safe: non-finite floats become None (recursively)."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def _concordance(rows: pd.DataFrame, scores: np.ndarray[Any, Any]) -> float | None:
@@ -313,7 +300,7 @@ def _meta_row(
         "log_likelihood": model.log_likelihood,
         "model": model.to_json(),
     }
-    return {k: _finite(v) for k, v in row.items()}
+    return {k: json_safe(v) for k, v in row.items()}
 
 
 FIT_SURVIVAL_CHURN = Job(
