@@ -35,6 +35,12 @@ import httpx
 from learnpulse.api.growth_schemas import GrowthFitResponse, GrowthModelInfo, GrowthPredictResponse
 from learnpulse.api.irt_schemas import CalibrateResponse, ItemInfo, ScoreResponse
 from learnpulse.api.schemas import Health, JobRun, JobStatus, KpiWeek, Page, Readiness
+from learnpulse.api.segment_schemas import (
+    ClusterFitResponse,
+    ClusterPredictResponse,
+    SegmentsResponse,
+    UserSegment,
+)
 from learnpulse.api.survival_schemas import (
     AlertTier,
     ChurnModel,
@@ -442,6 +448,51 @@ class Client:
     def item(self, item_id: int) -> ItemInfo:
         """``GET /items/{item_id}``: the item's parameters in the latest calibrations (``NotFound`` if never)."""
         return ItemInfo.model_validate(self._request("GET", f"/items/{int(item_id)}"))
+
+    def fit_clusters(
+        self,
+        features: Mapping[str, Sequence[float]],
+        *,
+        ids: Sequence[int | str] | None = None,
+        method: Literal["kmeans", "gmm"] = "kmeans",
+        n_clusters: int | None = None,
+        log_features: Sequence[str] | None = None,
+        random_state: int = 0,
+    ) -> ClusterFitResponse:
+        """``POST /cluster/fit``: segment the given feature rows (nothing is stored). Deterministic for a seed, so
+        retried like an idempotent call."""
+        body: dict[str, Any] = {
+            "features": {k: [float(x) for x in v] for k, v in features.items()},
+            "ids": None if ids is None else list(ids),
+            "method": method,
+            "n_clusters": n_clusters,
+            "log_features": None if log_features is None else list(log_features),
+            "random_state": random_state,
+        }
+        body = {k: v for k, v in body.items() if v is not None}
+        return ClusterFitResponse.model_validate(self._request("POST", "/cluster/fit", json=body, idempotent=True))
+
+    def predict_segment(
+        self, user_ids: Sequence[int] | None = None, *, features: Mapping[str, Sequence[float]] | None = None
+    ) -> ClusterPredictResponse:
+        """``POST /cluster/predict``: the stored segment of students (``user_ids``) or the latest model's segment of
+        feature rows (``features``); pass exactly one. A pure read: retried like an idempotent call."""
+        body: dict[str, Any] = {
+            "user_ids": None if user_ids is None else [int(u) for u in user_ids],
+            "features": None if features is None else {k: [float(x) for x in v] for k, v in features.items()},
+        }
+        body = {k: v for k, v in body.items() if v is not None}
+        return ClusterPredictResponse.model_validate(
+            self._request("POST", "/cluster/predict", json=body, idempotent=True)
+        )
+
+    def segments(self) -> SegmentsResponse:
+        """``GET /segments``: the latest run's segment profiles and sizes."""
+        return SegmentsResponse.model_validate(self._request("GET", "/segments"))
+
+    def user_segment(self, user_id: int) -> UserSegment:
+        """``GET /users/{user_id}/segment``: the student's current segment."""
+        return UserSegment.model_validate(self._request("GET", f"/users/{int(user_id)}/segment"))
 
     def alerts(
         self,

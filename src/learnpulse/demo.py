@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from learnpulse.errors import DiagnosticsFailedError, InsufficientDataError
 from learnpulse.settings import Settings
-from learnpulse.store import growth, survival
+from learnpulse.store import growth, segments, survival
 from learnpulse.store.db import make_engine, safe_url
 from learnpulse.store.schema import upgrade
 from learnpulse.synthetic import WorldParams
@@ -50,6 +50,7 @@ def run_demo(
     # Too few churn events (a tiny school) is reported and the demo goes on: detect-inactivity then flags by days.
     # Item calibration first among the model jobs: it rewrites I_t, which the later models read.
     step("calibrate-irt", lambda: _unless_insufficient(lambda: run_job(settings, "calibrate-irt", as_of, {})))
+    step("cluster-segments", lambda: _unless_insufficient(lambda: run_job(settings, "cluster-segments", as_of, {})))
     # Goal probabilities (P, sigma); too little data or failed diagnostics are reported and the demo goes on.
     step(
         "fit-bayesian-growth", lambda: _unless_insufficient(lambda: run_job(settings, "fit-bayesian-growth", as_of, {}))
@@ -63,9 +64,13 @@ def run_demo(
     console.print(steps)
     console.print(_weekly_summary(engine))
     with engine.connect() as conn:
+        seg_run = segments.latest_run(conn)
+        segment_rows = segments.segments_of(conn, int(seg_run["run_id"])) if seg_run else []
         fit = growth.latest_fit(conn)
         least_likely = growth.top_goal_probabilities(conn, int(fit["run_id"]), lowest=True) if fit else []
         riskiest = survival.highest_risk(conn, as_of, TOP_RISK)
+    if segment_rows:
+        console.print(_segment_table(segment_rows))
     if least_likely:
         console.print(_goal_table(least_likely, str(fit["family"]) if fit else ""))
     if riskiest:
@@ -80,6 +85,20 @@ def _unless_insufficient(run: Callable[[], Any]) -> Any:
         return run()
     except (InsufficientDataError, DiagnosticsFailedError) as exc:
         return f"not fitted: {exc.message}"
+
+
+def _segment_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table("segment", "name", "students", "share", "status", title="learner segments (cluster-segments)")
+    for row in rows:
+        share = row["quality"].get("share")
+        table.add_row(
+            str(row["segment_id"]),
+            row["name"],
+            f"{row['size']:,}",
+            f"{share:.0%}" if isinstance(share, float) else "",
+            row["status"],
+        )
+    return table
 
 
 def _goal_table(rows: list[dict[str, Any]], family: str) -> Table:
@@ -133,7 +152,9 @@ def _short(result: Any) -> str:
     if isinstance(result, str):
         return result
     if hasattr(result, "summary") and isinstance(result.summary, dict):
-        return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.summary.items())
+        # Long lists (skipped students, segment ids) belong in the job's record, not in the step table.
+        shown = {k: v for k, v in result.summary.items() if not (isinstance(v, list) and len(v) > 5)}
+        return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
     return str(result)[:100]
 
 

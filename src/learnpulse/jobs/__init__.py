@@ -6,12 +6,14 @@ from __future__ import annotations
 from learnpulse.jobs.base import Job, JobContext, JobOutcome
 from learnpulse.jobs.build_kpi import BUILD_KPI
 from learnpulse.jobs.calibrate_irt import CALIBRATE_IRT
+from learnpulse.jobs.cluster_segments import CLUSTER_SEGMENTS
 from learnpulse.jobs.detect_inactivity import DETECT_INACTIVITY
 from learnpulse.jobs.fit_bayesian_growth import FIT_BAYESIAN_GROWTH
 from learnpulse.jobs.fit_survival_churn import FIT_SURVIVAL_CHURN
 
 REGISTRY: dict[str, Job] = {
-    job.name: job for job in (BUILD_KPI, CALIBRATE_IRT, FIT_BAYESIAN_GROWTH, FIT_SURVIVAL_CHURN, DETECT_INACTIVITY)
+    job.name: job
+    for job in (BUILD_KPI, CALIBRATE_IRT, FIT_BAYESIAN_GROWTH, FIT_SURVIVAL_CHURN, DETECT_INACTIVITY, CLUSTER_SEGMENTS)
 }
 
 __all__ = ["REGISTRY", "Job", "JobContext", "JobOutcome"]
