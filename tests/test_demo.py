@@ -25,6 +25,8 @@ TABLES = (
     "irt_item",
     "growth_unit",
     "segment_meta",
+    "prophet_fit_meta",
+    "prophet_anomalies",
     "user_segment",
 )
 STUDENTS, WEEKS = 300, 8
@@ -46,14 +48,14 @@ def test_demo_runs_the_churn_jobs_shows_the_riskiest_students_and_can_run_again(
     url = f"sqlite:///{tmp_path / 'demo.db'}"
     first = demo(url, tmp_path)
     assert first.returncode == 0, first.stderr
-    steps = ("build-kpi", "calibrate-irt", "cluster-segments", "fit-bayesian-growth", "fit-survival-churn")
-    for step in (*steps, "detect-inactivity"):
+    steps = ("build-kpi", "calibrate-irt", "forecast-prophet", "cluster-segments", "fit-bayesian-growth")
+    for step in (*steps, "fit-survival-churn", "detect-inactivity"):
         assert re.search(rf"│ {step} +│ \d+\.\d\d", first.stdout), step
     assert "not fitted" not in first.stdout and "weekly KPIs (all students)" in first.stdout
     as_of = WorldParams(students=STUDENTS, weeks=WEEKS).end_date - timedelta(days=1)  # the world's last day
     assert f"highest churn risk as of {as_of}" in first.stdout
     assert "students least likely to reach their goal" in first.stdout
-    assert "learner segments" in first.stdout
+    assert "learner segments" in first.stdout and "anomalous weeks" in first.stdout
     engine = make_engine(url)
     with engine.connect() as conn:
         expected = survival.highest_risk(conn, as_of, 10)
@@ -68,6 +70,6 @@ def test_demo_runs_the_churn_jobs_shows_the_riskiest_students_and_can_run_again(
     assert "world already stored (skipped)" in second.stdout
     assert _risk_rows(second.stdout) == _risk_rows(first.stdout)
     assert {t: count(engine, t) for t in TABLES} == counts  # the jobs replaced their rows of the day
-    assert count(engine, "job_run") == jobs_run + 6  # and each run is recorded
+    assert count(engine, "job_run") == jobs_run + 7  # and each run is recorded
     assert count(engine, "growth_brms_meta") == 2  # every growth run keeps its record
     engine.dispose()

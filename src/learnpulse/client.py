@@ -32,6 +32,7 @@ from typing import Any, Literal, Self, TypeVar
 
 import httpx
 
+from learnpulse.api.forecast_schemas import AnomalyRow, ProphetFitResponse, ProphetPredictResponse
 from learnpulse.api.growth_schemas import GrowthFitResponse, GrowthModelInfo, GrowthPredictResponse
 from learnpulse.api.irt_schemas import CalibrateResponse, ItemInfo, ScoreResponse
 from learnpulse.api.schemas import Health, JobRun, JobStatus, KpiWeek, Page, Readiness
@@ -493,6 +494,55 @@ class Client:
     def user_segment(self, user_id: int) -> UserSegment:
         """``GET /users/{user_id}/segment``: the student's current segment."""
         return UserSegment.model_validate(self._request("GET", f"/users/{int(user_id)}/segment"))
+
+    def fit_prophet(
+        self,
+        ds: Sequence[date | str],
+        y: Sequence[float],
+        y_sd: Sequence[float | None] | None = None,
+        *,
+        engine: Literal["batch", "prophet"] = "batch",
+        **options: Any,
+    ) -> ProphetFitResponse:
+        """``POST /prophet/fit``: fit one weekly series (``ds``, ``y``, optional measurement SDs ``y_sd``) and get
+        its forecast, anomalies and parameters (nothing is stored). ``options`` are ``ProphetOptions`` fields
+        (horizon, changepoint_prior_scale, anomaly_threshold, ...). Deterministic: retried like an idempotent call."""
+        body: dict[str, Any] = {
+            "ds": [_date_param(d) for d in ds],
+            "y": [float(v) for v in y],
+            "y_sd": None if y_sd is None else [None if v is None else float(v) for v in y_sd],
+            "engine": engine,
+            "options": options,
+        }
+        body = {k: v for k, v in body.items() if v is not None}
+        return ProphetFitResponse.model_validate(self._request("POST", "/prophet/fit", json=body, idempotent=True))
+
+    def predict_prophet(self, user_ids: Sequence[int]) -> ProphetPredictResponse:
+        """``POST /prophet/predict``: the stored forecast of the latest forecast-prophet run for each student."""
+        body = {"user_ids": [int(u) for u in user_ids]}
+        return ProphetPredictResponse.model_validate(
+            self._request("POST", "/prophet/predict", json=body, idempotent=True)
+        )
+
+    def anomalies(
+        self,
+        week: date | str | None = None,
+        direction: Literal["drop", "jump"] | None = None,
+        *,
+        run_id: int | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[AnomalyRow]:
+        """``GET /anomalies``: one page of a forecast-prophet run's anomalous weeks (default: the latest run),
+        strongest first."""
+        params = {"week": _date_param(week), "direction": direction, "run_id": run_id, "limit": limit, "cursor": cursor}
+        return Page[AnomalyRow].model_validate(self._request("GET", "/anomalies", params=params))
+
+    def iter_anomalies(
+        self, week: date | str | None = None, direction: Literal["drop", "jump"] | None = None, *, limit: int = 100
+    ) -> Iterator[AnomalyRow]:
+        """Every anomaly matching the filters, strongest first, following the cursors."""
+        return _follow(lambda cursor: self.anomalies(week, direction, limit=limit, cursor=cursor))
 
     def alerts(
         self,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date, timedelta
 from typing import Any
 
@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from learnpulse.errors import DiagnosticsFailedError, InsufficientDataError
 from learnpulse.settings import Settings
-from learnpulse.store import growth, segments, survival
+from learnpulse.store import forecast, growth, segments, survival
 from learnpulse.store.db import make_engine, safe_url
 from learnpulse.store.schema import upgrade
 from learnpulse.synthetic import WorldParams
@@ -50,6 +50,7 @@ def run_demo(
     # Too few churn events (a tiny school) is reported and the demo goes on: detect-inactivity then flags by days.
     # Item calibration first among the model jobs: it rewrites I_t, which the later models read.
     step("calibrate-irt", lambda: _unless_insufficient(lambda: run_job(settings, "calibrate-irt", as_of, {})))
+    step("forecast-prophet", lambda: _unless_insufficient(lambda: run_job(settings, "forecast-prophet", as_of, {})))
     step("cluster-segments", lambda: _unless_insufficient(lambda: run_job(settings, "cluster-segments", as_of, {})))
     # Goal probabilities (P, sigma); too little data or failed diagnostics are reported and the demo goes on.
     step(
@@ -64,11 +65,23 @@ def run_demo(
     console.print(steps)
     console.print(_weekly_summary(engine))
     with engine.connect() as conn:
+        forecast_run = forecast.latest_run(conn)
+        # The latest week with anomalies (the last week of the window may have none).
+        last_week = forecast.latest_anomaly_week(conn, forecast_run.run_id) if forecast_run else None
+        week_anomalies = (
+            forecast.anomalies_page(
+                conn, run_id=forecast_run.run_id, week=last_week, direction=None, after=None, limit=TOP_RISK
+            ).rows
+            if forecast_run and last_week
+            else []
+        )
         seg_run = segments.latest_run(conn)
         segment_rows = segments.segments_of(conn, int(seg_run["run_id"])) if seg_run else []
         fit = growth.latest_fit(conn)
         least_likely = growth.top_goal_probabilities(conn, int(fit["run_id"]), lowest=True) if fit else []
         riskiest = survival.highest_risk(conn, as_of, TOP_RISK)
+    if last_week is not None:
+        console.print(_anomaly_table(week_anomalies, last_week))
     if segment_rows:
         console.print(_segment_table(segment_rows))
     if least_likely:
@@ -85,6 +98,28 @@ def _unless_insufficient(run: Callable[[], Any]) -> Any:
         return run()
     except (InsufficientDataError, DiagnosticsFailedError) as exc:
         return f"not fitted: {exc.message}"
+
+
+def _anomaly_table(rows: Sequence[Any], week: date) -> Table:
+    table = Table(
+        "user_id",
+        "I_t",
+        "expected",
+        "expected range",
+        "score",
+        "direction",
+        title=f"anomalous weeks: week of {week} (forecast-prophet; strongest first)",
+    )
+    for row in rows:
+        table.add_row(
+            str(row["user_id"]),
+            f"{row['y']:.1f}",
+            f"{row['yhat']:.1f}",
+            f"{row['lower']:.1f} .. {row['upper']:.1f}",
+            f"{row['score']:.1f}",
+            row["direction"],
+        )
+    return table
 
 
 def _segment_table(rows: list[dict[str, Any]]) -> Table:

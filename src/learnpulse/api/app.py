@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from learnpulse.api.deps import BearerAuth, require_token
 from learnpulse.api.errors import CatchAllMiddleware, PayloadTooLargeError, error_response, install_error_handlers
 from learnpulse.api.metrics import ApiMetrics, MetricsMiddleware
-from learnpulse.api.routes import alerts, growth, health, irt, jobs, kpi, segments, survival
+from learnpulse.api.routes import alerts, forecast, growth, health, irt, jobs, kpi, segments, survival
 from learnpulse.errors import ConfigError
 from learnpulse.settings import Settings
 from learnpulse.store.db import is_sqlite, make_engine
@@ -91,6 +91,7 @@ def create_app(settings: Settings, *, insecure_dev: bool = False) -> FastAPI:
     app.include_router(growth.router)
     app.include_router(irt.router)
     app.include_router(segments.router)
+    app.include_router(forecast.router)
     app.include_router(alerts.router)
     _add_docs(app)
 

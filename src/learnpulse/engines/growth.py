@@ -316,7 +316,7 @@ def _laplace_start(model: Any, kwargs: dict[str, Any], chains: int, seed: int) -
     def constrain(samples: dict[str, Any]) -> dict[str, FloatArray]:
         lead = jax.tree_util.tree_leaves(samples)[0].shape[:2]
         flat = jax.tree_util.tree_map(lambda v: jnp.reshape(v, (-1, *v.shape[2:])), samples)
-        out = jax.vmap(info.postprocess_fn)(flat)
+        out = jax.jit(jax.vmap(info.postprocess_fn))(flat)
         return {k: np.asarray(v, dtype=np.float64).reshape(*lead, *np.shape(v)[1:]) for k, v in out.items()}
 
     def single(params: Any) -> Any:  # MCMC wants one chain's parameters without the chain axis

@@ -14,12 +14,15 @@ One run, as of date ``A`` (settings in brackets):
    summary); before the first calibration the placeholder is the series, without ``y_sd``.
 3. **Fit** (:mod:`learnpulse.engines.forecast`, the batch engine: prophet's piecewise-linear trend, no seasonality,
    fitted by vectorised MAP, which reaches at least prophet's own log-posterior): a forecast of the
-   ``PROPHET_FORECAST_WEEKS`` (4) weeks after the student's last observed week, with an 80% interval; a series
-   of fewer than 6 points (the engine's ``min_points``) is skipped with the engine's reason.
+   ``PROPHET_FORECAST_WEEKS`` (4) weeks after the student's last observed week, with an 80% interval (for a
+   student absent in the window's last weeks, some of those weeks may already lie before ``A``); a series of
+   fewer than 6 points (the engine's ``min_points``) is skipped with the engine's reason.
 4. **Anomalies**: the engine's rule (module docstring of :mod:`learnpulse.engines.forecast`): a week is anomalous
    when ``|y - yhat| > PROPHET_ANOMALY_THRESHOLD (2.5) x s_i``, with ``s_i = max(1.4826 MAD of the residuals,
    0.05 y_scale, i_t_sd of the week)`` after a robust refit without the candidate weeks; ``direction`` is ``drop``
-   or ``jump``, ``score = |y - yhat| / s_i`` and the expected range ``yhat -+ threshold s_i``.
+   or ``jump``, ``score = |y - yhat| / s_i`` and the expected range ``yhat -+ threshold s_i``. On the default
+   synthetic school (2,000 students, 351 injected one-week drops in the window) this finds the drops with
+   precision 0.84 and recall 0.64 (``tests/test_forecast_job.py``; the accuracy placeholder gave 0.32 / 0.68).
 5. **Parallelism**: the students are cut into chunks (:func:`learnpulse.engines.forecast.make_chunks`); each chunk
    is fitted by :func:`fit_chunk_safely` (the engine's pure :func:`~learnpulse.engines.forecast.fit_chunk`, one BLAS
    thread). With ``DASK_SCHEDULER_ADDRESS`` set, the chunks are scattered to that Dask cluster and mapped there
@@ -29,7 +32,9 @@ One run, as of date ``A`` (settings in brackets):
    database connection and any threads into the children). Up to ``INLINE_MAX_STUDENTS`` (5,000) students run in
    this process, where the fit takes well under the seconds a pool needs to start. Run options ``workers`` (1 = in
    this process) and ``chunk_size`` override the choice. The results do not depend on the chunking or the
-   executor: every series is fitted on its own and its forecast simulation is seeded by the student's id.
+   executor: every series is fitted on its own and its forecast simulation is seeded by the student's id. As with
+   any ``spawn``/``forkserver`` pool, a script that runs the job must guard its entry point with ``if __name__ ==
+   "__main__":`` (the children import the main module); the ``learnpulse`` command does.
 6. **Failures**: a chunk whose fit raises is split in halves and refitted until the failing students stand alone;
    each is recorded (``status = 'failed'`` with the error as ``reason``) and the others are fitted as usual. When
    no student could be fitted and some failed, the run fails.
@@ -40,7 +45,8 @@ One run, as of date ``A`` (settings in brackets):
    ``iterations``, ``anomalies``; ``changepoints`` = the changepoint dates; ``forecast`` = ``[{week_start, yhat,
    yhat_lower, yhat_upper}]``); ``prophet_anomalies``: one row per anomalous week; ``weekly_kpi``: ``i_t_next``,
    ``i_t_next_lower``, ``i_t_next_upper`` (the forecast of the week after) on each fitted student's last observed
-   week, and ``anomaly`` (true/false) on every judged week of the window (NULL on the window's other weeks).
+   week, and ``anomaly`` (true/false) on every judged week of the window (NULL on the window's other weeks). The
+   ``i_t_next*`` of earlier weeks stay: they are the forecasts made when those weeks were the latest.
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+from threadpoolctl import threadpool_limits
 
 from learnpulse.engines.forecast import ChunkResult, ForecastOptions, SeriesChunk, fit_chunk, make_chunks
 from learnpulse.errors import ConfigError, InsufficientDataError, InvalidInputError, LearnpulseError

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, and_, delete, desc, or_, select
+from sqlalchemy import Connection, and_, delete, desc, func, or_, select
 
 from learnpulse.store.bulk import date_literal, day_number_sql, drop_stage, insert_frame, numeric_frame, stage_frame
 from learnpulse.store.reads import Slice
@@ -216,3 +216,13 @@ def anomalies_page(
     query = query.order_by(a.score.desc(), a.user_id, a.week_start).limit(limit + 1)
     rows = conn.execute(query).mappings().all()
     return Slice(rows[:limit], len(rows) > limit)
+
+
+def latest_anomaly_week(conn: Connection, run_id: int) -> date | None:
+    """The most recent week with an anomaly in run ``run_id`` (None: the run found none)."""
+    value = conn.execute(
+        select(func.max(prophet_anomalies.c.week_start)).where(prophet_anomalies.c.run_id == run_id)
+    ).scalar()
+    if value is None or isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value))
