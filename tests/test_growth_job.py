@@ -56,7 +56,8 @@ def test_fit_stores_the_model_p_and_sigma_and_a_rerun_replaces_them(school: Engi
     meta = read_table(school, "growth_brms_meta")
     assert len(meta) == 1
     row = meta.iloc[0]
-    assert row["status"] == "succeeded" and row["family"] == "gaussian" and row["iter"] == 1000
+    assert row["status"] == "succeeded" and row["family"] == "gaussian"
+    assert row["iter"] in (1000, job.RETRY_ITER_FACTOR * 1000)  # BRMS_ITER, or the retry with longer chains
     assert row["formula"] == "accuracy ~ time + (time | user)"
     assert set(row["fixed_effects"]) == {"Intercept", "time"}
     assert set(row["random_effects"]) == {"sd(Intercept)", "sd(time)", "cor(Intercept,time)"}

@@ -23,7 +23,8 @@ brms widens 2.5 to mad(y) when that is larger; on accuracy data (|y| <= 1) it ne
 ``BRMS_CHAINS`` mean in brms). The gaussian family is sampled in an *exact marginalisation*: the random
 effects integrate out in closed form, ``y_i ~ N(Z_i b, Z_i Sigma Z_i' + sigma^2 I)`` with ``Z_i = [1, t_i]``,
 whose log density depends on six sufficient statistics per unit (``n, St, Stt, Sy, Sty, Syy``) via Woodbury, so
-NUTS explores only the six hyper-parameters (dense mass matrix) whatever the number of units. The units'
+NUTS explores only the six hyper-parameters (dense mass matrix, started from the Laplace approximation at the
+posterior mode: see ``_laplace_start``) whatever the number of units. The units'
 coefficients then follow exactly from their conditional posterior given each hyper-parameter draw,
 ``c_i | h ~ N(b + C_i Z_i' r_i / sigma^2, C_i)``, ``C_i = (Sigma^-1 + Z_i'Z_i / sigma^2)^-1``, ``r_i = y_i - Z_i b``
 (Rao-Blackwellised: their posterior means and covariances are exact averages over the draws). The binomial family
