@@ -140,7 +140,7 @@ def _compare(
     return lines
 
 
-def _run_job(url: str, name: str, as_of: date) -> dict[str, Any]:
+def run_named_job(url: str, name: str, as_of: date) -> dict[str, Any]:
     from learnpulse.jobs import REGISTRY
     from learnpulse.jobs.runner import run_job
     from learnpulse.settings import load_settings
@@ -150,7 +150,7 @@ def _run_job(url: str, name: str, as_of: date) -> dict[str, Any]:
     return {"rows_written": result.rows_written, **result.summary}
 
 
-def _kpi_database(backend: str) -> str:
+def kpi_database(backend: str) -> str:
     """The database bench/build_kpi.py built (50,000 students, build-kpi done up to the world's last day)."""
     if backend == "sqlite":
         path = OUT / "kpi.db"
@@ -180,10 +180,10 @@ def time_jobs(backends: list[str]) -> None:
     as_of = WorldParams(students=50_000, weeks=16, seed=7).end_date - timedelta(days=1)
     lines = [row("backend", "job", "seconds", "peak MiB (client)", "summary"), row(*["---"] * 5)]
     for backend in backends:
-        url = _kpi_database(backend)
+        url = kpi_database(backend)
         total = 0.0
         for name in ("fit-survival-churn", "detect-inactivity"):
-            summary, seconds, peak = phase(_run_job, url, name, as_of)
+            summary, seconds, peak = phase(run_named_job, url, name, as_of)
             total += seconds
             brief = ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list)))[:160]
             lines.append(row(backend, name, f"{seconds:.1f}", f"{peak:,.0f}", brief))
