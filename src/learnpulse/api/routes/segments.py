@@ -20,6 +20,7 @@ from fastapi import APIRouter, Body, Depends, Path
 from sqlalchemy import Connection
 
 from learnpulse.api.deps import ReadEngineDep, require_token
+from learnpulse.api.inputs import model_columns
 from learnpulse.api.schemas import error_responses
 from learnpulse.api.segment_schemas import (
     MAX_USER_ID,
@@ -292,24 +293,7 @@ def _students(conn: Connection, ref: RunRef, user_ids: list[int]) -> list[Studen
 
 def _rows(model: SegmentModel, features: dict[str, list[float]]) -> list[RowSegment]:
     names = list(model.feature_names_ or [])
-    missing = [n for n in names if n not in features]
-    extra = [n for n in features if n not in names]
-    if missing or extra:
-        parts = [f"missing {', '.join(missing)}" if missing else "", f"unknown {', '.join(extra)}" if extra else ""]
-        raise InvalidInputError(
-            f"the features must be exactly the model's ({', '.join(names)}): {'; '.join(p for p in parts if p)}",
-            {
-                "problems": [
-                    *({"location": f"body.features.{n}", "problem": "missing", "type": "missing"} for n in missing),
-                    *(
-                        {"location": f"body.features.{n}", "problem": "not a feature of the model", "type": "extra"}
-                        for n in extra
-                    ),
-                ],
-                "features": names,
-            },
-        )
-    frame = pd.DataFrame({n: np.asarray(features[n], dtype=np.float64) for n in names})
+    frame = model_columns(features, names, field="features", noun="feature")
     pred = model.predict(frame)
     name_of = dict(zip(model.segment_ids_ or [], model.names_ or [], strict=True))
     return [

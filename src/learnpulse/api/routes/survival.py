@@ -13,13 +13,13 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any
 
-import numpy as np
 import pandas as pd
 from fastapi import APIRouter, Body, Depends, Query
 from sqlalchemy import Connection
 
 from learnpulse import churn
 from learnpulse.api.deps import ReadEngineDep, require_token
+from learnpulse.api.inputs import model_columns
 from learnpulse.api.schemas import error_responses
 from learnpulse.api.survival_schemas import (
     ChurnModel,
@@ -249,24 +249,7 @@ def _predict_rows(
     horizon_days: float | None,
 ) -> SurvivalPredictResponse:
     names = list(model.covariates)
-    missing = [n for n in names if n not in covariates]
-    extra = [n for n in covariates if n not in names]
-    if missing or extra:
-        parts = [f"missing {', '.join(missing)}" if missing else "", f"unknown {', '.join(extra)}" if extra else ""]
-        raise InvalidInputError(
-            f"the covariates must be exactly the model's ({', '.join(names)}): {'; '.join(p for p in parts if p)}",
-            {
-                "problems": [
-                    *({"location": f"body.covariates.{n}", "problem": "missing", "type": "missing"} for n in missing),
-                    *(
-                        {"location": f"body.covariates.{n}", "problem": "not a covariate of the model", "type": "extra"}
-                        for n in extra
-                    ),
-                ],
-                "covariates": names,
-            },
-        )
-    frame = pd.DataFrame({n: np.asarray(covariates[n], dtype=np.float64) for n in names})
+    frame = model_columns(covariates, names, field="covariates", noun="covariate")
     start = 0.0 if at is None else float(at)
     horizon = float(ref.threshold_days) if horizon_days is None else float(horizon_days)
     s = model.event_probability(frame, at=start, horizon=horizon)
