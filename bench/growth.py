@@ -14,7 +14,8 @@ peak RSS.
 brms is not installed here (no R), so brms is **not** run in the same benchmark: its figures printed beside ours
 are those published in issue 5 (169 s for the 200-student reference set, about 15 minutes for 1,000 students x 12
 weeks on this kind of machine), labelled as such. With ``--reference`` (default: on when the file exists) the
-engine is also timed on the brms reference set itself (``../shared/reference/growth_200/data.csv``).
+engine is also timed on the brms reference set itself (``tests/data/growth_200/data.csv``, a copy of
+``../shared/reference/growth_200``).
 
 The binomial family samples every unit's two coefficients with NUTS: at 100,000 students that is 200,000
 parameters and about 5 GB of draws. A binomial fit is therefore only started when the time extrapolated linearly
@@ -46,7 +47,7 @@ from common import row
 SEED = 20240605
 ITER, CHAINS = 1000, 2
 TRUTH = {"Intercept": 0.2, "time": 0.06, "sd(Intercept)": 0.6, "sd(time)": 0.05, "cor(Intercept,time)": 0.3}
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "growth_200" / "data.csv"
+REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "data" / "growth_200" / "data.csv"
 # brms's figures as published in issue 5 (brms 2.18.0, 2 cores): NOT measured in this run.
 BRMS_PUBLISHED_S = {"growth_200": 169.0, 1_000: 900.0}
 TARGET_1000_RATIO = 20.0  # >= 20x faster than brms at 1,000 students

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,7 +24,6 @@ from tests.helpers import build_kpi, read_table, run_named
 
 TOKEN = "growth-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "growth_200" / "data.csv"
 WORLD = WorldParams(students=200, weeks=10, seed=9)
 AS_OF = WORLD.end_date - timedelta(days=1)
 
