@@ -55,6 +55,7 @@ from learnpulse.engines.base import envelope, open_envelope
 from learnpulse.engines.logistic import Logit, finite_array, softplus
 from learnpulse.engines.survival import CoxPH
 from learnpulse.errors import InsufficientDataError, InvalidInputError
+from learnpulse.variables import Variable
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -67,14 +68,7 @@ LANDMARK_SPACING_DAYS = 7
 _NEVER = np.iinfo(np.int32).max
 
 
-@dataclass(frozen=True)
-class Covariate:
-    name: str
-    unit: str
-    description: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"name": self.name, "unit": self.unit, "description": self.description}
+Covariate = Variable  # name, unit, description
 
 
 COVARIATES: tuple[Covariate, ...] = (

@@ -62,6 +62,8 @@ import numpy.typing as npt
 import pandas as pd
 
 from learnpulse.errors import InvalidInputError
+from learnpulse.store.buckets import complete_weeks
+from learnpulse.variables import Variable
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -76,14 +78,7 @@ DAILY_COLUMNS = ("user_id", "day", "topic_id", "attempts", "correct")
 _DAYS_PER_WEEK = 7
 
 
-@dataclass(frozen=True)
-class Feature:
-    name: str
-    unit: str
-    description: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"name": self.name, "unit": self.unit, "description": self.description}
+Feature = Variable  # name, unit, description
 
 
 FEATURES: tuple[Feature, ...] = (
@@ -201,8 +196,8 @@ def window(as_of: date, lookback_weeks: int = LOOKBACK_WEEKS) -> tuple[date, dat
             f"lookback_weeks must be at least 1, got {lookback_weeks}",
             {"problems": [{"column": "lookback_weeks", "reason": "less than 1"}]},
         )
-    last_sunday = as_of - timedelta(days=(as_of.weekday() + 1) % _DAYS_PER_WEEK)
-    return last_sunday - timedelta(days=_DAYS_PER_WEEK * lookback_weeks - 1), last_sunday
+    first, last_monday = complete_weeks(as_of, lookback_weeks)
+    return first, last_monday + timedelta(days=_DAYS_PER_WEEK - 1)
 
 
 # --- input handling ----------------------------------------------------------------------------------------------

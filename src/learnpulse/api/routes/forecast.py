@@ -33,6 +33,7 @@ from learnpulse.api.forecast_schemas import (
     WeekForecast,
 )
 from learnpulse.api.schemas import Page, error_responses
+from learnpulse.api.values import finite_or_none
 from learnpulse.engines.forecast import BatchForecaster, ForecastModel, ProphetForecaster
 from learnpulse.errors import InsufficientDataError, NotFoundError
 from learnpulse.settings import Settings
@@ -45,10 +46,6 @@ router = APIRouter(tags=["forecast"], dependencies=[Depends(require_token)])
 NO_RUN = "no forecasts yet: run forecast-prophet (`learnpulse run forecast-prophet`)"
 CURSOR_KIND = "anomalies"
 _PAGE = TypeAdapter(Page[AnomalyRow])
-
-
-def _finite(value: Any) -> float | None:
-    return float(value) if value is not None and np.isfinite(value) else None
 
 
 def _day(value: Any) -> date:
@@ -125,8 +122,8 @@ def fit(settings: SettingsDep, request: Annotated[ProphetFitRequest, Body()]) ->
                 step=int(r["step"]),
                 ds=_day(r["ds"]),
                 yhat=float(r["yhat"]),
-                yhat_lower=_finite(r["yhat_lower"]),
-                yhat_upper=_finite(r["yhat_upper"]),
+                yhat_lower=finite_or_none(r["yhat_lower"]),
+                yhat_upper=finite_or_none(r["yhat_upper"]),
             )
             for r in forecast.to_dict("records")
         ],
@@ -135,8 +132,8 @@ def fit(settings: SettingsDep, request: Annotated[ProphetFitRequest, Body()]) ->
                 ds=_day(r["ds"]),
                 y=float(r["y"]),
                 yhat=float(r["yhat"]),
-                yhat_lower=_finite(r["yhat_lower"]),
-                yhat_upper=_finite(r["yhat_upper"]),
+                yhat_lower=finite_or_none(r["yhat_lower"]),
+                yhat_upper=finite_or_none(r["yhat_upper"]),
             )
             for r in fitted.to_dict("records")
         ],
@@ -170,8 +167,8 @@ def _student(user_id: int, row: dict[str, Any] | None, known: set[int]) -> Stude
         WeekForecast(
             week_start=date.fromisoformat(w["week_start"]),
             yhat=float(w["yhat"]),
-            yhat_lower=_finite(w["yhat_lower"]),
-            yhat_upper=_finite(w["yhat_upper"]),
+            yhat_lower=finite_or_none(w["yhat_lower"]),
+            yhat_upper=finite_or_none(w["yhat_upper"]),
         )
         for w in row["forecast"]
     ]

@@ -8,9 +8,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Body, Depends
 
 from learnpulse.api.deps import ReadEngineDep, require_token
@@ -25,17 +24,15 @@ from learnpulse.api.irt_schemas import (
     ScoreResponse,
 )
 from learnpulse.api.schemas import error_responses
+from learnpulse.api.values import finite_or_none
 from learnpulse.engines.irt import IRT2PL, learning_index
 from learnpulse.errors import NotFoundError
 from learnpulse.jobs.calibrate_irt import INDEX_SD_SCALE
 from learnpulse.store import irt as store
 
+_PARAMETERS = {"a", "b", "se_a", "se_b"}  # floats that are NaN for flagged items
 router = APIRouter(tags=["irt"], dependencies=[Depends(require_token)])
 NO_MODEL = "no item calibration yet: run calibrate-irt (`learnpulse run calibrate-irt`)"
-
-
-def _finite(value: Any) -> float | None:
-    return float(value) if value is not None and np.isfinite(value) else None
 
 
 @router.post(
@@ -51,7 +48,7 @@ def calibrate(request: Annotated[CalibrateRequest, Body()]) -> CalibrateResponse
         request.person, request.item, [int(c) for c in request.correct]
     )
     items = [
-        ItemParameters(**{str(k): (_finite(v) if k in {"a", "b", "se_a", "se_b"} else v) for k, v in row.items()})
+        ItemParameters(**{str(k): (finite_or_none(v) if k in _PARAMETERS else v) for k, v in row.items()})
         for row in model.item_parameters().drop(columns=["cov_ab"]).to_dict("records")
     ]
     return CalibrateResponse(
@@ -82,10 +79,10 @@ def score(engine: ReadEngineDep, request: Annotated[Responses, Body()]) -> Score
     abilities = [
         Ability(
             person=row["person"],
-            theta=_finite(row["theta"]),
-            sd=_finite(row["sd"]),
-            i_t=_finite(i_t),
-            i_t_sd=_finite(INDEX_SD_SCALE * row["sd"]),
+            theta=finite_or_none(row["theta"]),
+            sd=finite_or_none(row["sd"]),
+            i_t=finite_or_none(i_t),
+            i_t_sd=finite_or_none(INDEX_SD_SCALE * row["sd"]),
             n_responses=int(row["n_responses"]),
         )
         for row, i_t in zip(scored.to_dict("records"), index, strict=True)
@@ -107,7 +104,7 @@ def item(engine: ReadEngineDep, item_id: int) -> ItemInfo:
     if not history:
         raise NotFoundError(f"item {item_id} has not been calibrated", {"item_id": item_id})
     runs = [
-        ItemRun(**{k: (_finite(v) if k in {"a", "b", "se_a", "se_b"} else v) for k, v in row.items() if k != "item_id"})
+        ItemRun(**{k: (finite_or_none(v) if k in _PARAMETERS else v) for k, v in row.items() if k != "item_id"})
         for row in history
     ]
     return ItemInfo(item_id=item_id, latest=runs[0], history=runs)

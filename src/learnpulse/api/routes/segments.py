@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any
 
 import numpy as np
@@ -39,6 +38,7 @@ from learnpulse.api.segment_schemas import (
     StudentSegment,
     UserSegment,
 )
+from learnpulse.api.values import finite_or_none
 from learnpulse.engines.segments import SegmentModel
 from learnpulse.errors import InvalidInputError, NotFoundError
 from learnpulse.jobs.cluster_segments import NAME as JOB
@@ -52,12 +52,8 @@ NO_RUN = "no learner segments yet: run cluster-segments (`learnpulse run cluster
 _STORED_ERROR = {404: "cluster-segments has not stored a run yet"}
 
 
-def _finite(value: Any) -> float | None:
-    return float(value) if value is not None and math.isfinite(float(value)) else None
-
-
 def _centroid(values: dict[str, Any] | None) -> dict[str, float | None] | None:
-    return None if values is None else {str(k): _finite(v) for k, v in values.items()}
+    return None if values is None else {str(k): finite_or_none(v) for k, v in values.items()}
 
 
 @router.post(
@@ -87,7 +83,7 @@ def fit(request: Annotated[ClusterFitRequest, Body()]) -> ClusterFitResponse:
             name=str(row["name"]),
             size=int(row["size"]),
             share=float(row["share"]),
-            centroid={n: _finite(row[n]) for n in names},
+            centroid={n: finite_or_none(row[n]) for n in names},
         )
         for row in profiles.to_dict("records")
     ]
@@ -98,7 +94,7 @@ def fit(request: Annotated[ClusterFitRequest, Body()]) -> ClusterFitResponse:
             id=label,
             segment_id=int(seg),
             distance=float(dist),
-            probability=_finite(prob),
+            probability=finite_or_none(prob),
         )
         for i, (label, seg, dist, prob) in enumerate(
             zip(labels, pred["segment_id"], pred["distance"], pred["probability"], strict=True)
@@ -110,11 +106,11 @@ def fit(request: Annotated[ClusterFitRequest, Body()]) -> ClusterFitResponse:
         k=model.k_,
         criterion=model.criterion_,
         selection=[
-            Candidate(**{k: _finite(v) if k != "k" else v for k, v in s.items()}) for s in model.selection_ or []
+            Candidate(**{k: finite_or_none(v) if k != "k" else v for k, v in s.items()}) for s in model.selection_ or []
         ],
-        silhouette=_finite(model.silhouette_),
-        inertia=_finite(model.inertia_),
-        bic=_finite(model.bic_),
+        silhouette=finite_or_none(model.silhouette_),
+        inertia=finite_or_none(model.inertia_),
+        bic=finite_or_none(model.bic_),
         segments=segments,
         assignments=assignments,
         model=model.to_json(),
@@ -155,8 +151,8 @@ def segments(engine: ReadEngineDep) -> SegmentsResponse:
         method=quality["method"],
         k=quality["k"],
         criterion=quality["criterion"],
-        silhouette=_finite(quality.get("silhouette")),
-        bic=_finite(quality.get("bic")),
+        silhouette=finite_or_none(quality.get("silhouette")),
+        bic=finite_or_none(quality.get("bic")),
         students=quality["students"],
         skipped=quality["skipped"],
         window_start=quality["window_start"],
@@ -171,9 +167,9 @@ def segments(engine: ReadEngineDep) -> SegmentsResponse:
                 share=float(r["quality"].get("share") or 0.0),
                 status=r["status"],
                 matched_previous_id=r["matched_previous_id"],
-                match_distance=_finite(r["match_distance"]),
-                mean_distance=_finite(r["quality"].get("mean_distance")),
-                mean_probability=_finite(r["quality"].get("mean_probability")),
+                match_distance=finite_or_none(r["match_distance"]),
+                mean_distance=finite_or_none(r["quality"].get("mean_distance")),
+                mean_probability=finite_or_none(r["quality"].get("mean_probability")),
                 centroid=_centroid(r["centroid"]),
             )
             for r in rows
@@ -210,7 +206,7 @@ def user_segment(engine: ReadEngineDep, user_id: Annotated[int, Path(ge=1, le=MA
         segment_id=found["segment_id"],
         name=found["name"],
         distance=float(found["distance"]),
-        probability=_finite(found["probability"]),
+        probability=finite_or_none(found["probability"]),
         centroid=_centroid(centroid),
     )
 
@@ -285,7 +281,7 @@ def _students(conn: Connection, ref: RunRef, user_ids: list[int]) -> list[Studen
                     segment_id=row["segment_id"],
                     name=row["name"],
                     distance=float(row["distance"]),
-                    probability=_finite(row["probability"]),
+                    probability=finite_or_none(row["probability"]),
                 )
             )
     return out
@@ -297,6 +293,6 @@ def _rows(model: SegmentModel, features: dict[str, list[float]]) -> list[RowSegm
     pred = model.predict(frame)
     name_of = dict(zip(model.segment_ids_ or [], model.names_ or [], strict=True))
     return [
-        RowSegment(segment_id=int(seg), name=name_of[int(seg)], distance=float(dist), probability=_finite(prob))
+        RowSegment(segment_id=int(seg), name=name_of[int(seg)], distance=float(dist), probability=finite_or_none(prob))
         for seg, dist, prob in zip(pred["segment_id"], pred["distance"], pred["probability"], strict=True)
     ]
