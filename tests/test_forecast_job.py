@@ -25,7 +25,8 @@ from learnpulse.errors import ConfigError, InsufficientDataError, LearnpulseErro
 from learnpulse.jobs import forecast_prophet as job
 from learnpulse.jobs.runner import RunResult, run_job
 from learnpulse.settings import load_settings
-from learnpulse.store.buckets import complete_weeks
+from learnpulse.store import irt as irt_store
+from learnpulse.store.buckets import complete_weeks, day_number
 from learnpulse.store.db import make_engine, transaction
 from learnpulse.store.schema import upgrade
 from learnpulse.store.tables import user_goal, weekly_kpi
@@ -521,10 +522,67 @@ def test_anomalies_are_found_on_the_default_world(anomaly_figures: dict[str, flo
     reason="measured precision 0.843, recall 0.644 on the default world (351 injected drops, 268 weeks flagged): "
     "the missed drops are mostly weak students' weeks with few answers (median 11, against 28 for the drops found), "
     "where the EAP index shows about half of the drop (mean residual -8 against -19 I_t points) and its posterior "
-    "SD i_t_sd (~5) is as large as that",
+    "SD i_t_sd (~5) is as large as that. The bar is beyond even a detector that knows the true trend and items "
+    "(test_the_anomaly_bar_is_beyond_a_detector_that_knows_the_truth: precision 0.59 at |z| > 2.5, recall 0.75 at "
+    "its best cut for precision 0.8)",
 )
 def test_the_issue_bar_for_anomalies_on_the_default_world(anomaly_figures: dict[str, float]) -> None:
     assert anomaly_figures["precision"] >= 0.8 and anomaly_figures["recall"] >= 0.7
+
+
+def _oracle_week_scores(engine: Engine, world: World, as_of: date) -> pd.DataFrame:
+    """The best any detector could do with one week's answers: the score test of each student-week's answers
+    against the student's **true** ability without the anomaly (``theta0 + g w``) under the **true** item
+    parameters, ``z = sum a (x - p) / sqrt(sum a^2 p (1 - p))`` (standard normal under "no anomaly"), one row per
+    student-week of the window with ``z``, ``answers`` and ``injected``."""
+    first, last = complete_weeks(as_of, 12)
+    with engine.connect() as conn:
+        answers = irt_store.load_responses(
+            conn, first_day=first, last_day=last + timedelta(days=6), tz=load_settings().timezone
+        )
+    answers["week_start"] = pd.Timestamp(first) + pd.to_timedelta((answers["day"] - day_number(first)) // 7 * 7, "D")
+    weeks = world.student_weeks.assign(week_start=pd.to_datetime(world.student_weeks["week_start"]))
+    injected = world.anomalies.assign(week_start=pd.to_datetime(world.anomalies["week_start"]))
+    weeks = weeks.merge(injected[["user_id", "week_start", "effect"]], how="left", on=["user_id", "week_start"])
+    weeks["trend"] = weeks["theta"] - weeks["effect"].fillna(0.0)
+    rows = answers.merge(weeks[["user_id", "week_start", "trend", "effect"]], on=["user_id", "week_start"])
+    items = world.items.set_index("item_id").loc[rows["item_id"]]
+    a, b = items["a"].to_numpy(), items["b"].to_numpy()
+    p = 1.0 / (1.0 + np.exp(-a * (rows["trend"].to_numpy() - b)))
+    rows = rows.assign(u=a * (rows["correct"].to_numpy() - p), i=a * a * p * (1.0 - p))
+    scores = (
+        rows.groupby(["user_id", "week_start"])
+        .agg(u=("u", "sum"), i=("i", "sum"), answers=("u", "size"), effect=("effect", "first"))
+        .reset_index()
+    )
+    return scores.assign(z=scores["u"] / np.sqrt(scores["i"]), injected=scores["effect"].notna())
+
+
+def test_the_anomaly_bar_is_beyond_a_detector_that_knows_the_truth(
+    default_school: tuple[Engine, World, date], anomaly_figures: dict[str, float]
+) -> None:
+    """Why the issue's bar (precision 0.8 and recall 0.7 at threshold 2.5) is not met, as a fact about the default
+    world that fails if the world changes: even the oracle score test (true trend, true items; a jump claim counts
+    against precision as in ``anomaly_figures``) flags so many ordinary weeks at |z| > 2.5 that its precision is far
+    below 0.8, and at the best cut for precision 0.8 its recall is only about 0.75. The job's detector, which must
+    estimate both the trend and the items, stays within 0.12 of that ceiling's recall at a precision above 0.8."""
+    engine, world, as_of = default_school
+    scores = _oracle_week_scores(engine, world, as_of)
+    assert int(scores["injected"].sum()) == anomaly_figures["injected"]
+    flagged = scores["z"].abs() > THRESHOLD
+    precision_at_default = float((flagged & scores["injected"]).sum() / flagged.sum())
+    ranked = scores.iloc[np.argsort(-scores["z"].abs().to_numpy())]
+    hits = np.cumsum(ranked["injected"].to_numpy())
+    precision = hits / np.arange(1, len(ranked) + 1)
+    ceiling = float(hits[precision >= 0.8].max() / anomaly_figures["injected"])
+    print(
+        f"\noracle score test: at |z| > {THRESHOLD} precision {precision_at_default:.3f}; best recall at precision "
+        f">= 0.8: {ceiling:.3f} (the job: precision {anomaly_figures['precision']:.3f}, recall "
+        f"{anomaly_figures['recall']:.3f})"
+    )
+    assert precision_at_default < 0.7
+    assert 0.7 <= ceiling < 0.8
+    assert anomaly_figures["precision"] >= 0.8 and anomaly_figures["recall"] >= ceiling - 0.12
 
 
 def test_forecasts_beat_the_last_value_on_the_default_world(default_school: tuple[Engine, World, date]) -> None:
