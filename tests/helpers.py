@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,12 @@ from learnpulse.jobs import REGISTRY
 from learnpulse.jobs.runner import RunResult, run_job
 from learnpulse.settings import load_settings
 from learnpulse.store.bulk import insert_frame
-from learnpulse.store.db import transaction
+from learnpulse.store.db import make_engine, transaction
 from learnpulse.store.runs import now_utc
+from learnpulse.store.schema import upgrade
 from learnpulse.store.tables import attempt, ingest_batch, metadata
+from learnpulse.store.world import save_world
+from learnpulse.synthetic import World, WorldParams, generate_world
 
 _next_id = iter(range(1, 10**9))
 
@@ -57,6 +60,20 @@ def load_batch(engine: Engine, frame: pd.DataFrame) -> int:
 def build_kpi(engine: Engine, as_of: date, tz: str = "Asia/Seoul", **options: Any) -> RunResult:
     settings = load_settings(database_url=str(engine.url.render_as_string(hide_password=False)), learnpulse_timezone=tz)
     return run_job(REGISTRY["build-kpi"], settings, engine, as_of=as_of, options=options)
+
+
+def default_school(folder: Path, *jobs: str) -> tuple[Engine, World, date]:
+    """The default synthetic world in a new SQLite database under ``folder``, build-kpi and then ``jobs`` (names)
+    run as of its last day (a Sunday: every week of the world is complete); returns (engine, world, as-of date)."""
+    world = generate_world(WorldParams())
+    engine = make_engine(f"sqlite:///{folder / 'school.db'}")
+    upgrade(engine)
+    save_world(engine, world)
+    as_of = world.params.end_date - timedelta(days=1)
+    build_kpi(engine, as_of)
+    for job in jobs:
+        run_named(engine, job, as_of)
+    return engine, world, as_of
 
 
 def run_named(engine: Engine, job: str, as_of: date, **overrides: Any) -> RunResult:

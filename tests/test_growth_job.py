@@ -18,11 +18,9 @@ from learnpulse.jobs import fit_bayesian_growth as job
 from learnpulse.settings import load_settings
 from learnpulse.store import growth as store
 from learnpulse.store.buckets import complete_weeks
-from learnpulse.store.db import make_engine
-from learnpulse.store.schema import upgrade
 from learnpulse.store.world import save_world
 from learnpulse.synthetic import World, WorldParams, generate_world, own_topic_accuracy
-from tests.helpers import build_kpi, read_table, run_named
+from tests.helpers import build_kpi, default_school, read_table, run_named
 
 SMALL = WorldParams(students=250, weeks=10, seed=3)
 SMALL_AS_OF = SMALL.end_date - timedelta(days=1)
@@ -157,14 +155,7 @@ def test_metrics_paths_give_the_same_shape_and_honest_flags(school: Engine) -> N
 
 @pytest.fixture(scope="module")
 def default_growth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Engine, World, date]:
-    world = generate_world(WorldParams())
-    engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('growth') / 'school.db'}")
-    upgrade(engine)
-    save_world(engine, world)
-    as_of = world.params.end_date - timedelta(days=1)
-    build_kpi(engine, as_of)
-    run_named(engine, job.NAME, as_of)
-    return engine, world, as_of
+    return default_school(tmp_path_factory.mktemp("growth"), job.NAME)
 
 
 def _true_slopes(world: World, weekly: pd.DataFrame, first: date) -> pd.Series:

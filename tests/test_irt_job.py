@@ -19,11 +19,9 @@ from learnpulse.jobs import calibrate_irt as job
 from learnpulse.settings import load_settings
 from learnpulse.store import irt as store
 from learnpulse.store.buckets import complete_weeks
-from learnpulse.store.db import make_engine
-from learnpulse.store.schema import upgrade
 from learnpulse.store.world import save_world
 from learnpulse.synthetic import World, WorldParams, generate_world
-from tests.helpers import build_kpi, read_table, run_named
+from tests.helpers import build_kpi, default_school, read_table, run_named
 
 SMALL = WorldParams(students=300, weeks=8, seed=4, n_items=120)
 AS_OF = SMALL.end_date - timedelta(days=1)
@@ -127,13 +125,7 @@ def test_irt_routes_and_client(school: Engine, api: TestClient) -> None:
 
 @pytest.fixture(scope="module")
 def default_irt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Engine, World]:
-    world = generate_world(WorldParams())
-    engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('irt') / 'school.db'}")
-    upgrade(engine)
-    save_world(engine, world)
-    as_of = world.params.end_date - timedelta(days=1)
-    build_kpi(engine, as_of)
-    run_named(engine, job.NAME, as_of)
+    engine, world, _ = default_school(tmp_path_factory.mktemp("irt"), job.NAME)
     return engine, world
 
 
