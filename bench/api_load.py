@@ -32,7 +32,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, fresh_database, phase, row
+from common import OUT, fresh_database, phase, row, school_database
 from learnpulse.synthetic import WorldParams
 
 TOKEN = "bench-api-load-token"
@@ -92,21 +91,9 @@ def phase_build(url: str, students: int, weeks: int) -> dict[str, Any]:
     """Generate the world, store it, run build-kpi (in a child process, so its memory is returned)."""
     from sqlalchemy import func, select
 
-    from learnpulse.jobs import REGISTRY
-    from learnpulse.jobs.runner import run_job
-    from learnpulse.settings import load_settings
-    from learnpulse.store.db import make_engine
-    from learnpulse.store.schema import upgrade
     from learnpulse.store.tables import weekly_kpi
-    from learnpulse.store.world import save_world
-    from learnpulse.synthetic import generate_world
 
-    params = WorldParams(students=students, weeks=weeks, seed=SEED)
-    engine = make_engine(url)
-    upgrade(engine)
-    save_world(engine, generate_world(params))
-    settings = load_settings(database_url=url, learnpulse_timezone=params.timezone)
-    run_job(REGISTRY["build-kpi"], settings, engine, as_of=params.end_date - timedelta(days=1))
+    engine, _, _ = school_database(url, WorldParams(students=students, weeks=weeks, seed=SEED))
     with engine.connect() as conn:
         kpi_rows = int(conn.execute(select(func.count()).select_from(weekly_kpi)).scalar_one())
     engine.dispose()

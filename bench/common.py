@@ -8,6 +8,7 @@ import resource
 import time
 import uuid
 from collections.abc import Callable
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,28 @@ def fresh_database(backend: str, name: str) -> str:
     admin.dispose()
     url = make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
     return url.render_as_string(hide_password=False)
+
+
+def school_database(url: str, params: Any) -> tuple[Any, Any, date]:
+    """The synthetic world of ``params`` (a ``WorldParams``) stored in the empty database ``url`` and build-kpi run
+    as of its last day; returns (engine, world, as-of date). learnpulse is imported here, not at module level, so a
+    script's parent process stays light when this runs in a :func:`phase` child."""
+    from learnpulse.jobs import REGISTRY
+    from learnpulse.jobs.runner import run_job
+    from learnpulse.settings import load_settings
+    from learnpulse.store.db import make_engine
+    from learnpulse.store.schema import upgrade
+    from learnpulse.store.world import save_world
+    from learnpulse.synthetic import generate_world
+
+    engine = make_engine(url)
+    upgrade(engine)
+    world = generate_world(params)
+    save_world(engine, world)
+    as_of: date = params.end_date - timedelta(days=1)
+    settings = load_settings(database_url=url, learnpulse_timezone=params.timezone)
+    run_job(REGISTRY["build-kpi"], settings, engine, as_of=as_of)
+    return engine, world, as_of
 
 
 def _child(fn: Callable[..., Any], args: tuple[Any, ...], queue: Any) -> None:

@@ -25,45 +25,33 @@ number of students even by a perfect model.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from datetime import date, timedelta
-from pathlib import Path
+from datetime import date
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from common import fresh_database, school_database
 from learnpulse.engines.growth import GrowthModel
-from learnpulse.jobs import REGISTRY
 from learnpulse.jobs import fit_bayesian_growth as job
-from learnpulse.jobs.runner import run_job
-from learnpulse.settings import load_settings
 from learnpulse.store import growth as store
 from learnpulse.store.buckets import complete_weeks
-from learnpulse.store.db import make_engine
-from learnpulse.store.schema import upgrade
-from learnpulse.store.world import save_world
-from learnpulse.synthetic import WorldParams, generate_world
+from learnpulse.synthetic import WorldParams
 
 BAR = 0.05
 
 
-def school(students: int, seed: int | None, folder: Path) -> tuple[Any, pd.DataFrame, pd.DataFrame, date, date]:
-    """The world in a fresh SQLite database after build-kpi: (students truth, weekly accuracy, live goals, window
-    start, as-of date)."""
+def school(students: int, seed: int | None) -> tuple[Any, pd.DataFrame, pd.DataFrame, date, date]:
+    """The world after build-kpi in a fresh SQLite database under bench/out: (students truth, weekly accuracy, live
+    goals, window start, as-of date)."""
     params = WorldParams(students=students) if seed is None else WorldParams(students=students, seed=seed)
-    world = generate_world(params)
-    engine = make_engine(f"sqlite:///{folder / 'school.db'}")
-    upgrade(engine)
-    save_world(engine, world)
-    as_of = params.end_date - timedelta(days=1)
-    settings = load_settings(database_url=engine.url.render_as_string(hide_password=False))
-    run_job(REGISTRY["build-kpi"], settings, engine, as_of=as_of)
+    engine, world, as_of = school_database(fresh_database("sqlite", "growth_calibration"), params)
     first, last = complete_weeks(as_of, 12)
     with engine.connect() as conn:
         weekly = store.load_weekly_accuracy(conn, first_week=first, last_week=last)
         goals = store.load_goals(conn)
+    engine.dispose()
     truth = world.students.set_index("user_id")
     goals = goals[[isinstance(d, date) and d >= as_of for d in goals["deadline"]]]
     return truth, weekly, goals, first, as_of
@@ -113,8 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--families", default="gaussian,binomial")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as folder:
-        truth, weekly, goals, first, as_of = school(args.students, args.seed, Path(folder))
+    truth, weekly, goals, first, as_of = school(args.students, args.seed)
     print(
         f"world: {args.students} students, {len(weekly)} student-weeks, {len(goals)} live goals; bar {BAR} per decile"
     )
