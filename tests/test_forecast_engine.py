@@ -15,6 +15,7 @@ placeholder index ``100 (correct + 1) / (attempts + 2)``) and on kinked series w
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.special import expit
 
 from learnpulse.engines import forecast_core as core
 from learnpulse.engines.forecast import (
@@ -393,6 +395,137 @@ def test_anomaly_precision_recall_on_the_default_world(world: World, series: pd.
     p_sd, r_sd, _ = figures["with y_sd"]
     assert p_alone >= 0.28 and r_alone >= 0.64
     assert p_sd >= 0.75 and r_sd >= 0.60
+
+
+# --- anomalies judged by the answers that measure the points ---------------------------------------------------
+
+GRID = np.linspace(0.0, 100.0, 401)
+
+
+def eap(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any], x: np.ndarray[Any, Any]) -> tuple[float, float]:
+    """Posterior mean and SD of a value on 0-100 measured by 2PL answers (``a``, ``b`` on that scale) under a
+    N(50, 10^2) population: what calibrate-irt's EAP index is, shrunk toward the population."""
+    z = a[:, None] * (GRID[None, :] - b[:, None])
+    log_lik = (x[:, None] * np.log(expit(z)) + (1 - x[:, None]) * np.log(expit(-z))).sum(axis=0)
+    log_post = log_lik - 0.5 * ((GRID - 50.0) / 10.0) ** 2
+    post = np.exp(log_post - log_post.max())
+    post /= post.sum()
+    mean = float(post @ GRID)
+    return mean, float(np.sqrt(post @ GRID**2 - mean * mean))
+
+
+def answered_students(n: int, *, drop: float | None, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``n`` students, 12 weeks, measured by answers: true value ``v_w = v0 + g w`` on the index scale (``v0 ~ N(50,
+    4)``, ``g ~ N(0.5, 0.3)``), 25 answers a week but 8 in week 7, to items ``a = alpha / 10``, ``b = 50 + 10 beta``
+    (``alpha ~ LN(0, 0.3)``, ``beta ~ N(0, 1)``); ``y`` = the week's EAP (:func:`eap`) with its posterior SD
+    ``y_sd``; with ``drop``, week 7's true value is lowered by it. Returns the series and the answers."""
+    rng = np.random.default_rng(seed)
+    a_items = np.exp(rng.normal(0.0, 0.3, 300)) / 10
+    b_items = 50 + 10 * rng.normal(0.0, 1.0, 300)
+    v0, g = rng.normal(50.0, 4.0, n), rng.normal(0.5, 0.3, n)
+    points, answers = [], []
+    for unit in range(n):
+        for week in range(12):
+            v, k = v0[unit] + g[unit] * week, 25
+            if week == 7:
+                v, k = v + (drop or 0.0), 8
+            items = rng.integers(0, 300, k)
+            x = (rng.random(k) < expit(a_items[items] * (v - b_items[items]))).astype(float)
+            ds = START + pd.Timedelta(weeks=week)
+            points.append((unit, ds, *eap(a_items[items], b_items[items], x)))
+            answers += [(unit, ds, a_items[i], b_items[i], c) for i, c in zip(items, x, strict=True)]
+    return (
+        pd.DataFrame(points, columns=["unit", "ds", "y", "y_sd"]),
+        pd.DataFrame(answers, columns=["unit", "ds", "a", "b", "correct"]),
+    )
+
+
+def test_answer_score_is_the_derivative_of_the_answers_log_likelihood() -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.uniform(0.05, 0.2, 40), rng.uniform(20, 80, 40)
+    x = (rng.random(40) < 0.5).astype(float)
+    point = np.repeat(np.arange(4), 10)  # four points of one (2 x 2) batch
+
+    def log_lik(level: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        z = a * (level.reshape(-1)[point] - b)
+        return np.bincount(point, weights=x * np.log(expit(z)) + (1 - x) * np.log(expit(-z)), minlength=4)
+
+    level = np.array([[40.0, 55.0], [61.0, 30.0]])
+    u, info = core.answer_score(level, point, a, b, x)
+    h = 1e-3
+    d1 = (log_lik(level + h) - log_lik(level - h)) / (2 * h)
+    d2 = (log_lik(level + h) - 2 * log_lik(level) + log_lik(level - h)) / (h * h)
+    np.testing.assert_allclose(u.reshape(-1), d1, rtol=1e-6)
+    np.testing.assert_allclose(info.reshape(-1), -d2, rtol=1e-4)
+
+
+def test_answers_judge_a_week_by_its_own_evidence() -> None:
+    """One series whose index (an EAP, shrunk toward the population) dips by only 10 in week 7 with a posterior SD
+    of 6, too little for the rule on ``y`` and ``y_sd``; the week's 12 answers, all wrong to items the trend expects
+    to be right half of the time, are far out. Every other week's answers sit exactly on the trend (half right to
+    items at the trend's value: score 0). Answers of a date without a point, or of another unit, are ignored."""
+    weeks = np.arange(12)
+    trend = 45.0 + 1.0 * weeks
+    frame = pd.DataFrame({"unit": 1, "ds": START + pd.to_timedelta(7 * weeks, unit="D"), "y": trend, "y_sd": 3.0})
+    frame.loc[7, ["y", "y_sd"]] = [trend[7] - 10.0, 6.0]
+    rows = []
+    for w in weeks:
+        ds = START + pd.Timedelta(weeks=int(w))
+        correct = [0.0] * 12 if w == 7 else [1.0, 0.0] * 10
+        rows += [(1, ds, 0.1, trend[w], c) for c in correct]
+    stray = [(1, START + pd.Timedelta(days=3), 0.1, 90.0, 0.0), (2, START, 0.1, 90.0, 0.0)]
+    answers = pd.DataFrame(rows + stray, columns=["unit", "ds", "a", "b", "correct"])
+    without = BatchForecaster().fit(frame, y_sd="y_sd")
+    assert without.anomalies_ is not None and without.anomalies_.empty
+    judged = BatchForecaster().fit(frame, y_sd="y_sd", answers=answers)
+    a = judged.anomalies_
+    assert a is not None and list(a["ds"]) == [START + pd.Timedelta(weeks=7)]
+    row = a.iloc[0]
+    assert row["direction"] == "drop" and row["y"] == trend[7] - 10.0
+    # the evidence is one Fisher-scoring step from the expected value: U / I with p = 1/2 at the trend
+    info = 12 * 0.1**2 * 0.25
+    assert abs(row["yhat"] - trend[7]) < 0.5
+    expect_p = expit(0.1 * (row["yhat"] - trend[7]))
+    np.testing.assert_allclose(row["evidence"], row["yhat"] - 12 * 0.1 * expect_p / info, rtol=1e-3)
+    assert row["evidence"] < row["expected_lower"] < row["y"]
+    scale = math.hypot(1 / math.sqrt(info), 0.05 * frame["y"].abs().max())
+    np.testing.assert_allclose(row["scale"], scale, rtol=1e-3)
+    np.testing.assert_allclose(row["score"], abs(row["evidence"] - row["yhat"]) / row["scale"], rtol=1e-12)
+    # the model keeps its answers: the same anomalies from JSON
+    model = judged.model(1)
+    data = json.loads(json.dumps(model.to_json()))
+    assert len(data["history"]["answers"]["point"]) == 20 * 11 + 12  # the stray answers are not kept
+    pd.testing.assert_frame_equal(ForecastModel.from_json(data).anomalies(), model.anomalies())
+    with pytest.raises(InvalidInputError, match=r"history\.answers"):
+        bad = {"point": [99], "a": [0.1], "b": [50.0], "correct": [1.0]}  # no point 99
+        ForecastModel.from_json(data | {"history": data["history"] | {"answers": bad}})
+    with pytest.raises(InvalidInputError, match="correct not 0/1"):
+        BatchForecaster().fit(frame, answers=answers.assign(correct=2.0))
+
+
+def test_answers_find_more_drops_than_the_shrunk_index_without_more_false_alarms() -> None:
+    """200 simulated students (:func:`answered_students`): with a 2.5-logit drop (25 index points) in a week of 8
+    answers, the rule on the answers finds more of the drops than the rule on the EAP index and its posterior SD; on
+    the same students without drops it flags under 1% of the weeks. Whether chunked or not, the results are the
+    same (each series is judged by its own answers)."""
+    frame, answers = answered_students(200, drop=-25.0, seed=1)
+    week7 = START + pd.Timedelta(weeks=7)
+    found = {}
+    for label, given in (("index", None), ("answers", answers)):
+        a = BatchForecaster().fit(frame, y_sd="y_sd", answers=given).anomalies_
+        assert a is not None
+        found[label] = int(((a["ds"] == week7) & (a["direction"] == "drop")).sum())
+    clean, clean_answers = answered_students(200, drop=None, seed=1)
+    false = BatchForecaster().fit(clean, y_sd="y_sd", answers=clean_answers).anomalies_
+    assert false is not None
+    print(f"\ndrops found of 200: {found}; clean weeks flagged with answers: {len(false)} of {len(clean)}")
+    assert found["answers"] >= found["index"] + 10
+    assert len(false) < 0.01 * len(clean)
+    some = frame[frame["unit"] < 30]
+    whole = BatchForecaster().fit(some, y_sd="y_sd", answers=answers)
+    split = BatchForecaster(chunk_size=7).fit(some, y_sd="y_sd", answers=answers)
+    for name in ("forecast_", "anomalies_", "fits_"):
+        pd.testing.assert_frame_equal(getattr(split, name), getattr(whole, name))
 
 
 # --- chunks, parallel map, forecast error -----------------------------------------------------------------------

@@ -16,7 +16,8 @@ JSON and back (:meth:`ForecastModel.to_json`), and its predictions from JSON equ
 for draw (the forecast simulation is seeded per series by ``(seed, key)``).
 
 **Input.** A series is ``ds`` (dates; time-zone-naive; one point per date) and ``y`` (finite; a missing ``y`` is
-dropped, as prophet does), optionally ``y_sd`` (see below). A long frame for :class:`BatchForecaster` has one row per
+dropped, as prophet does), optionally ``y_sd`` and the ``answers`` that measure the points (see *Anomalies*; a
+model keeps its answers, and its JSON holds them). A long frame for :class:`BatchForecaster` has one row per
 (unit, ds). Series with fewer than ``min_points`` points (default 6), or with a repeated ``ds`` or a non-finite
 ``y``, are **skipped with a recorded reason** (``skipped_``), never an exception for the batch; the single-series
 reference raises :class:`InsufficientDataError` / :class:`InvalidInputError` instead. ``min_points = 6``: below that
@@ -27,27 +28,46 @@ an ``interval_width`` (0.8) interval from prophet's simulation of future trend c
 ``uncertainty_samples`` (1000) draws. In-sample intervals are the exact limit of that simulation
 (``yhat -+ z sigma_obs y_scale``).
 
-**Anomalies** (an observed point, judged against the fit):
+**Anomalies** (an observed point, judged against the fit). Each point has a residual ``r_i`` (its *evidence*
+minus the expected value ``v_i`` of the trend) and a scale ``s_i``:
 
-1. residuals ``r = y - yhat``; the series' robust residual scale ``s = max(1.4826 MAD(r), floor * y_scale)`` (MAD
-   about the median; ``floor = residual_scale_floor``, default 0.05, so a flat or quantised series whose MAD is ~0
-   does not flag every wiggle: with an index on 0-100 a point must be at least ~2.5 x 4 points off); per point
-   ``s_i = max(s, y_sd_i)`` when a known measurement SD ``y_sd`` is given (e.g. the sampling SD of a week's
-   accuracy index from its number of attempts), else ``s_i = s``;
+- a point **measured by answers** (``answers``: binary answers to items with 2PL parameters on y's own scale,
+  :class:`PointAnswers`; e.g. the weekly answers behind the IRT index ``I_t``) is judged by its answers alone: with
+  ``p_j = P(correct_j | v_i)``, the score ``U_i = sum_j a_j (x_j - p_j)`` and information ``I_i = sum_j a_j^2 p_j
+  (1 - p_j)`` of its answers at ``v_i`` (:func:`~learnpulse.engines.forecast_core.answer_score`), ``r_i = U_i /
+  I_i`` (one Fisher-scoring step from ``v_i``: how far the answers put the point from the trend) and ``s_i =
+  sqrt(1 / I_i + (floor * y_scale)^2)``: the residual's sampling SD ``1 / sqrt(I_i)`` combined with the floor, the
+  spread of the true values around the trend the rule allows (``floor = residual_scale_floor``, 0.05: about 3 points
+  of an index near 60, 0.3 logits of ability); ``r_i / s_i`` is the score test ``U_i / sqrt(I_i)`` deflated by
+  ``sqrt(1 + I_i (floor y_scale)^2)``, so a small deviation that many answers make statistically clear is not an
+  anomaly. ``y`` itself, e.g. an EAP shrunk toward its population, does not enter the judgement, only the fit;
+- any **other point**: ``r_i = y_i - v_i`` and ``s_i = max(s, y_sd_i)`` (``y_sd_i`` when a known measurement SD is
+  given, e.g. the sampling SD of a week's accuracy index from its number of attempts), with the series' robust
+  residual scale ``s = max(1.4826 MAD(r), floor * y_scale)`` (MAD about the median; the floor keeps a flat or
+  quantised series whose MAD is ~0 from flagging every wiggle).
+
+The series' MAD does not enter ``s_i`` of answer-measured points: over 6-12 weekly points it is noisy and mostly
+measures the index's own measurement error, which ``1 / I_i`` accounts for exactly (on the default synthetic world,
+adding it, or a robust per-series estimate of the spread beyond ``1 / I_i``, lowers the best recall at precision 0.8
+by 0.03-0.09). Steps:
+
+1. ``v_i`` = the fit (``yhat``); residuals and scales as above;
 2. candidates: ``|r_i| > threshold * s_i``;
 3. robust refit (``robust_refit=True``): the same model (same scaling and changepoints) is refitted by MAP without
-   the candidates, so a drop cannot pull the trend or inflate ``sigma`` towards itself; residuals and ``s`` are
-   recomputed from the refit for every point (when at least half of the points remain; otherwise step 1 stands);
-4. a point is anomalous when ``|r_i| > threshold * s_i``; recorded: ``direction`` (``drop`` if ``r < 0`` else
-   ``jump``), ``score = |r_i| / s_i``, the expected value ``yhat`` (of the refit) and the expected range
-   ``yhat -+ threshold * s_i``.
+   the candidates, so a drop cannot pull the trend or inflate ``sigma`` towards itself; residuals and scales are
+   recomputed against the refit for every point (when at least half of the points remain; otherwise step 1 stands);
+4. a point is anomalous when ``|r_i| > threshold * s_i``; recorded: ``direction`` (``drop`` if ``r_i < 0`` else
+   ``jump``), ``score = |r_i| / s_i``, the expected value ``yhat`` (of the refit), the ``evidence`` ``yhat + r_i``
+   (``y`` for a point without answers) and the expected range ``yhat -+ threshold * s_i``. On a week with few answers
+   the evidence and the range can leave the index's 0-100: the week says little, and the range is wide.
 
 The reference engine applies the same rule to prophet's fit; its refit uses the MAP solver of the fast engine on
 prophet's design (prophet refitted to fewer points would move its changepoints and scales), with any seasonal
-component held at its fitted value. On the default synthetic world (2,000 students, last 12 weeks of the placeholder
-index, 351 injected one-week drops) the index alone gives precision 0.32 / recall 0.68 at the default threshold, and
-with ``y_sd`` from each week's attempts 0.79 / 0.64 (``tests/test_forecast_engine.py`` says why the placeholder
-index cannot reach 0.8 / 0.7).
+component held at its fitted value. On the default synthetic world (2,000 students, last 12 weeks, 351 injected
+one-week drops of 2.5 logits): the placeholder accuracy index alone gives precision 0.32 / recall 0.68 at the default
+threshold, with ``y_sd`` from each week's attempts 0.79 / 0.64 (``tests/test_forecast_engine.py`` says why it cannot
+reach 0.8 / 0.7); forecast-prophet's IRT index with its posterior SD as ``y_sd`` 0.843 / 0.644, and judged by the
+weeks' answers 0.859 / 0.712 (``tests/test_forecast_job.py``).
 
 **Forecast error** (:func:`forecast_error`): MAE of the ``step``-ahead forecast (default 4) against a given truth,
 beside the naive forecast "the last observed value".
@@ -80,6 +100,7 @@ __all__ = [
     "ForecastError",
     "ForecastModel",
     "ForecastOptions",
+    "PointAnswers",
     "ProphetForecaster",
     "SeriesChunk",
     "fit_chunk",
@@ -170,6 +191,68 @@ class ForecastOptions:
         }
 
 
+# --- answers that measure the points ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PointAnswers:
+    """Binary answers that measure the points of one or more series (optional input of the anomaly rule).
+
+    One entry per answer: ``row`` (the series: a row of the batch; 0 for a single series), ``ds_ns`` (int64
+    nanoseconds: the date of the point the answer measures), the answer's item ``a``, ``b`` **on y's own scale** and
+    ``correct`` (0/1), under the logistic (2PL) model ``P(correct) = 1 / (1 + exp(-a (v - b)))`` of the point's true
+    value ``v``. For the IRT learning index ``I = 50 + 10 theta`` and an item with discrimination ``alpha`` and
+    difficulty ``beta`` on the ability scale: ``a = alpha / 10`` and ``b = 50 + 10 beta``. Answers whose date has no
+    point in their series are ignored.
+    """
+
+    row: IntArray
+    ds_ns: IntArray
+    a: FloatArray
+    b: FloatArray
+    correct: FloatArray
+
+    def select(self, keep: BoolArray, row: IntArray) -> PointAnswers:
+        """The answers where ``keep``, with their rows replaced by ``row`` (same length as ``keep``)."""
+        return PointAnswers(
+            row=row[keep], ds_ns=self.ds_ns[keep], a=self.a[keep], b=self.b[keep], correct=self.correct[keep]
+        )
+
+
+@dataclass(frozen=True)
+class _MappedAnswers:
+    """Answers located in a padded batch: ``point`` is the flat index (``row * T + column``) of their point."""
+
+    point: IntArray
+    a: FloatArray
+    b: FloatArray
+    correct: FloatArray
+
+
+def _map_answers(answers: PointAnswers, ds_ns: IntArray, length: IntArray) -> _MappedAnswers:
+    """Locate each answer's point in a padded batch whose rows are sorted by date (``ds_ns`` ``(n, T)``, the first
+    ``length[i]`` entries of row ``i`` are its points, distinct dates); answers of other rows or dates are dropped."""
+    n, width = ds_ns.shape
+    rows, cols = np.nonzero(np.arange(width)[None, :] < length[:, None])
+    days = np.unique(ds_ns[rows, cols])
+    # one sorted integer key per point: row-major, and within a row the dates ascend
+    point_key = rows * len(days) + np.searchsorted(days, ds_ns[rows, cols])
+    inside = (answers.row >= 0) & (answers.row < n)
+    day_pos = np.minimum(np.searchsorted(days, answers.ds_ns), max(len(days) - 1, 0))
+    inside &= len(days) > 0
+    inside[inside] &= days[day_pos[inside]] == answers.ds_ns[inside]
+    key = answers.row * len(days) + day_pos
+    at = np.minimum(np.searchsorted(point_key, key), max(len(point_key) - 1, 0))
+    inside[inside] &= point_key[at[inside]] == key[inside]
+    hit = at[inside]
+    return _MappedAnswers(
+        point=(rows[hit] * width + cols[hit]).astype(np.int64),
+        a=answers.a[inside].astype(np.float64),
+        b=answers.b[inside].astype(np.float64),
+        correct=answers.correct[inside].astype(np.float64),
+    )
+
+
 # --- batched evaluation of fitted parameters (shared by both engines) -------------------------------------------
 
 
@@ -220,9 +303,11 @@ def _evaluate(
     keys: IntArray,
     opts: ForecastOptions,
     seasonal: Callable[[IntArray], FloatArray] | None = None,
+    answers: _MappedAnswers | None = None,
 ) -> _Evaluated:
     """In-sample fit, forecast and anomalies of fitted series (padded batch; ``seasonal(ds_ns)`` gives an
-    additive seasonal component in y units, scaled per series, for the reference engine)."""
+    additive seasonal component in y units, scaled per series, for the reference engine; ``answers`` located in
+    this batch)."""
     n, width = y.shape
     t = np.where(observed, _scaled_t(ds_ns, p), 0.0)
     season_hist = np.where(observed, seasonal(ds_ns), 0.0) / p.y_scale[:, None] if seasonal else np.zeros((n, width))
@@ -258,7 +343,7 @@ def _evaluate(
         f_lo = f_hi = np.full((n, width), np.nan)
         lower = upper = np.full((n, opts.horizon), np.nan)
     expected, scale, resid, flags, refitted = _anomalies(
-        p, t, y, observed, y_sd=y_sd, base_hist=base_hist, season_hist=season_hist, opts=opts
+        p, t, y, observed, y_sd=y_sd, answers=answers, base_hist=base_hist, season_hist=season_hist, opts=opts
     )
     nan = np.nan
     return _Evaluated(
@@ -284,23 +369,36 @@ def _anomalies(
     observed: BoolArray,
     *,
     y_sd: FloatArray | None,
+    answers: _MappedAnswers | None,
     base_hist: FloatArray,
     season_hist: FloatArray,
     opts: ForecastOptions,
 ) -> tuple[FloatArray, FloatArray, FloatArray, BoolArray, BoolArray]:
-    """The anomaly rule of the module docstring, in scaled units inside; outputs in y units."""
-    ys = np.where(observed, y, 0.0) / p.y_scale[:, None]
+    """The anomaly rule of the module docstring, in scaled units inside; outputs in y units (the residual is the
+    point's evidence minus its expected value)."""
+    ysc = p.y_scale[:, None]
+    ys = np.where(observed, y, 0.0) / ysc
     w = observed.astype(np.float64)
-    sd = np.zeros_like(ys) if y_sd is None else np.where(observed & np.isfinite(y_sd), y_sd, 0.0) / p.y_scale[:, None]
+    sd = np.zeros_like(ys) if y_sd is None else np.where(observed & np.isfinite(y_sd), y_sd, 0.0) / ysc
     thr = opts.anomaly_threshold
     floor = np.full(len(ys), opts.residual_scale_floor)
 
-    def scales(resid: FloatArray) -> FloatArray:
-        return np.maximum(core.robust_scale(resid, w, floor)[:, None], sd)
+    def judge(expected: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Residuals and scales of every point against ``expected`` (scaled units)."""
+        resid = np.where(observed, ys - expected, 0.0)
+        s = np.maximum(core.robust_scale(resid, w, floor)[:, None], sd)
+        if answers is None:
+            return resid, s
+        # points measured by answers: the answers' own evidence, one Fisher-scoring step from the expected value
+        u, info = core.answer_score(expected * ysc, answers.point, answers.a, answers.b, answers.correct)
+        has = observed & (info > 0)
+        info = np.where(has, info, 1.0)
+        resid = np.where(has, u / info / ysc, resid)
+        s = np.where(has, np.hypot(1.0 / np.sqrt(info) / ysc, floor[:, None]), s)
+        return resid, s
 
     expected = base_hist
-    resid = np.where(observed, ys - expected, 0.0)
-    s = scales(resid)
+    resid, s = judge(expected)
     cand = observed & (np.abs(resid) > thr * s)
     refitted = np.zeros(len(ys), dtype=bool)
     if opts.robust_refit:
@@ -323,11 +421,9 @@ def _anomalies(
             expected[rows] = (
                 core.trend(t[rows], k=b[:, 0], m=b[:, 1], delta=b[:, 2:], cp=p.cp[rows]) + season_hist[rows]
             )
-            resid = np.where(observed, ys - expected, 0.0)
-            s = scales(resid)
+            resid, s = judge(expected)
             refitted[rows] = True
     flags = observed & (np.abs(resid) > thr * s)
-    ysc = p.y_scale[:, None]
     nan = np.nan
     return (
         np.where(observed, expected * ysc, nan),
@@ -393,6 +489,7 @@ class ForecastModel:
     fitted_by: str
     seasonalities: tuple[Seasonality, ...] = ()
     beta: FloatArray = field(default_factory=lambda: np.zeros(0))
+    history_answers: PointAnswers | None = None
     _cache: _Evaluated | None = field(default=None, repr=False, compare=False)
 
     def _params(self) -> _Params:
@@ -432,8 +529,16 @@ class ForecastModel:
                 keys=np.array([self.key], dtype=np.int64),
                 opts=self.options,
                 seasonal=self._seasonal(),
+                answers=self._mapped_answers(),
             )
         return self._cache
+
+    def _mapped_answers(self) -> _MappedAnswers | None:
+        if self.history_answers is None:
+            return None
+        return _map_answers(
+            self.history_answers, self.history_ds_ns[None, :], np.array([len(self.history_ds_ns)], dtype=np.int64)
+        )
 
     def predict(self) -> pd.DataFrame:
         """The forecast: ``step`` (1..horizon), ``ds``, ``yhat``, ``yhat_lower``, ``yhat_upper``."""
@@ -462,8 +567,9 @@ class ForecastModel:
         )
 
     def anomalies(self) -> pd.DataFrame:
-        """Anomalous points: ``ds``, ``y``, ``yhat`` (expected), ``expected_lower``, ``expected_upper``, ``residual``,
-        ``scale``, ``score``, ``direction``."""
+        """Anomalous points: ``ds``, ``y``, ``evidence`` (the value judged: ``y``, or for a point measured by answers
+        its answers' own estimate), ``yhat`` (expected), ``expected_lower``, ``expected_upper``, ``residual``
+        (``evidence - yhat``), ``scale``, ``score``, ``direction``."""
         ev = self._evaluated()
         return _anomaly_frame(
             ev, self.history_ds_ns[None, :], self.history_y[None, :], self.options.anomaly_threshold, None
@@ -477,6 +583,17 @@ class ForecastModel:
         def iso(ns: Iterable[int]) -> list[str]:
             return [pd.Timestamp(int(v)).isoformat() for v in ns]
 
+        mapped = self._mapped_answers()
+        answers = (
+            None
+            if mapped is None
+            else {
+                "point": [int(v) for v in mapped.point],
+                "a": [float(v) for v in mapped.a],
+                "b": [float(v) for v in mapped.b],
+                "correct": [float(v) for v in mapped.correct],
+            }
+        )
         return envelope(
             ENGINE,
             FORMAT_VERSION,
@@ -487,6 +604,7 @@ class ForecastModel:
                     "ds": iso(self.history_ds_ns),
                     "y": [float(v) for v in self.history_y],
                     "y_sd": None if self.history_y_sd is None else [_json_float(v) for v in self.history_y_sd],
+                    "answers": answers,
                 },
                 "scaling": {
                     "y_scale": float(self.y_scale),
@@ -540,6 +658,7 @@ class ForecastModel:
             y = floats(hist["y"], "history.y")
             if len(ds) != len(y) or len(ds) < 2:
                 raise ValueError("history.ds and history.y must have the same length >= 2")
+            answers = _answers_from_json(hist.get("answers"), ds)
             return cls(
                 options=ForecastOptions(**body["options"]),
                 k=float(body["params"]["k"]),
@@ -560,11 +679,27 @@ class ForecastModel:
                 fitted_by=str(body["fitted_by"]),
                 seasonalities=seasonalities,
                 beta=beta,
+                history_answers=answers,
             )
         except InvalidInputError:
             raise
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInputError(f"invalid serialised {ENGINE} model: {exc}", {"engine": ENGINE}) from exc
+
+
+def _answers_from_json(data: Any, ds: IntArray) -> PointAnswers | None:
+    """``history.answers`` of a serialised model (``point``: index into the history; ``a``, ``b``, ``correct``)."""
+    if data is None:
+        return None
+    point = np.asarray(data["point"], dtype=np.int64).reshape(-1)
+    cols = [np.asarray(data[k], dtype=np.float64).reshape(-1) for k in ("a", "b", "correct")]
+    if any(len(c) != len(point) for c in cols) or ((point < 0) | (point >= len(ds))).any():
+        raise ValueError("history.answers: point, a, b and correct must have one entry per answer of a history point")
+    if not all(np.isfinite(c).all() for c in cols):
+        raise ValueError("history.answers: non-finite values")
+    return PointAnswers(
+        row=np.zeros(len(point), dtype=np.int64), ds_ns=ds[point], a=cols[0], b=cols[1], correct=cols[2]
+    )
 
 
 def _model_log_posterior(fm: ForecastModel) -> float:
@@ -607,6 +742,7 @@ def _anomaly_frame(
         {
             "ds": pd.to_datetime(ds_ns[rows, cols]),
             "y": y[rows, cols],
+            "evidence": expected + resid,
             "yhat": expected,
             "expected_lower": expected - threshold * scale,
             "expected_upper": expected + threshold * scale,
@@ -665,14 +801,16 @@ def _unit_key(unit: Any) -> int:
 @dataclass(frozen=True)
 class SeriesChunk:
     """A padded batch of series: ``units`` ``(n,)``, ``keys`` ``(n,)`` RNG keys, ``ds_ns`` ``(n, T)`` int64
-    nanoseconds, ``y`` ``(n, T)`` (NaN = no point; padding), optional ``y_sd`` ``(n, T)``. Points need not be
-    sorted. Picklable."""
+    nanoseconds, ``y`` ``(n, T)`` (NaN = no point; padding), optional ``y_sd`` ``(n, T)`` and optional ``answers``
+    that measure the points (:class:`PointAnswers`, ``row`` = row of this chunk). Points need not be sorted.
+    Picklable."""
 
     units: np.ndarray[Any, Any]
     keys: IntArray
     ds_ns: IntArray
     y: FloatArray
     y_sd: FloatArray | None = None
+    answers: PointAnswers | None = None
 
 
 def make_chunks(
@@ -682,11 +820,16 @@ def make_chunks(
     ds: str = "ds",
     y: str = "y",
     y_sd: str | None = None,
+    answers: pd.DataFrame | None = None,
     chunk_size: int = 5000,
 ) -> list[SeriesChunk]:
     """Cut a long frame (one row per unit and date) into :class:`SeriesChunk` of at most ``chunk_size`` units
-    (units in sorted order)."""
+    (units in sorted order). ``answers``: optional long frame of the answers that measure the points (one row per
+    answer: the columns named ``unit`` and ``ds`` as in ``frame``, and ``a``, ``b``, ``correct``; see
+    :class:`PointAnswers`); answers of units not in ``frame`` are dropped."""
     missing = [c for c in (unit, ds, y, *([y_sd] if y_sd else [])) if c not in frame.columns]
+    if answers is not None:
+        missing += [f"answers.{c}" for c in (unit, ds, "a", "b", "correct") if c not in answers.columns]
     if missing:
         raise InvalidInputError(
             f"series frame lacks column(s): {', '.join(missing)}", {"problems": [{"column": c} for c in missing]}
@@ -704,6 +847,7 @@ def make_chunks(
     pos = np.arange(len(codes)) - first[codes]
     units = np.asarray(uniques)
     keys = np.array([_unit_key(u) for u in units.tolist()], dtype=np.int64)
+    all_answers = None if answers is None else _answer_arrays(answers, unit=unit, ds=ds, units=uniques)
     chunks: list[SeriesChunk] = []
     for start in range(0, len(units), chunk_size):
         stop = min(len(units), start + chunk_size)
@@ -720,8 +864,33 @@ def make_chunks(
         if sdv is not None:
             s = np.full((stop - start, width), np.nan)
             s[r, c] = sdv[sel]
-        chunks.append(SeriesChunk(units=units[start:stop], keys=keys[start:stop], ds_ns=d, y=v, y_sd=s))
+        part = None
+        if all_answers is not None:
+            inside = (all_answers.row >= start) & (all_answers.row < stop)
+            part = all_answers.select(inside, all_answers.row - start)
+        chunks.append(SeriesChunk(units=units[start:stop], keys=keys[start:stop], ds_ns=d, y=v, y_sd=s, answers=part))
     return chunks
+
+
+def _answer_arrays(answers: pd.DataFrame, *, unit: str, ds: str, units: Any) -> PointAnswers:
+    """The answers frame as :class:`PointAnswers` with ``row`` = position of the unit in ``units`` (the sorted
+    units of the series frame); answers of other units are dropped. Checks: finite ``a``, ``b``; 0/1 ``correct``."""
+    row = np.asarray(pd.Index(units).get_indexer(answers[unit]), dtype=np.int64)
+    keep = row >= 0
+    a = _to_float(answers["a"], "a")
+    b = _to_float(answers["b"], "b")
+    correct = _to_float(answers["correct"], "correct")
+    bad = keep & ~(np.isfinite(a) & np.isfinite(b) & ((correct == 0) | (correct == 1)))
+    if bad.any():
+        raise InvalidInputError(
+            f"answers: {int(bad.sum())} row(s) with non-finite a or b, or correct not 0/1",
+            {
+                "problems": [
+                    {"column": "answers", "reason": "non-finite a/b or correct not 0/1", "count": int(bad.sum())}
+                ]
+            },
+        )
+    return PointAnswers(row=row[keep], ds_ns=_to_ns(answers[ds], ds)[keep], a=a[keep], b=b[keep], correct=correct[keep])
 
 
 @dataclass(frozen=True)
@@ -734,7 +903,7 @@ class ChunkResult:
     ``iterations`` ``(n,)``; ``delta``, ``changepoints_t``, ``changepoint_index`` (-1: dummy/absent),
     ``cp_mask`` ``(n, S)``. Fit: ``fitted``, ``fitted_lower``, ``fitted_upper`` ``(n, T)``. Forecast:
     ``future_ds_ns``, ``yhat``, ``yhat_lower``, ``yhat_upper`` ``(n, H)``. Anomaly rule: ``expected``, ``scale``,
-    ``residual``, ``anomalous`` ``(n, T)``.
+    ``residual``, ``anomalous`` ``(n, T)``; ``answers``: the chunk's answers (None without).
     """
 
     options: ForecastOptions
@@ -770,6 +939,7 @@ class ChunkResult:
     scale: FloatArray
     residual: FloatArray
     anomalous: BoolArray
+    answers: PointAnswers | None = None
 
     @property
     def ok(self) -> BoolArray:
@@ -884,6 +1054,9 @@ class ChunkResult:
             log_posterior=float(self.log_posterior[i]),
             converged=bool(self.converged[i]),
             fitted_by="batch-map",
+            history_answers=None
+            if self.answers is None
+            else self.answers.select(self.answers.row == i, np.zeros(len(self.answers.row), dtype=np.int64)),
         )
 
 
@@ -998,7 +1171,13 @@ def fit_chunk(chunk: SeriesChunk, options: ForecastOptions) -> ChunkResult:
             t_scale_ns=des.t_scale_ns,
         )
         sd = None if sd_all is None else sd_all[rows]
-        ev = _evaluate(params, ds, y, des.observed, y_sd=sd, keys=chunk.keys[rows], opts=opts)
+        mapped = None
+        if chunk.answers is not None:
+            position = np.full(n, -1, dtype=np.int64)
+            position[rows] = np.arange(len(rows))
+            mine = chunk.answers.select(np.ones(len(chunk.answers.row), dtype=bool), position[chunk.answers.row])
+            mapped = _map_answers(mine, ds, length)
+        ev = _evaluate(params, ds, y, des.observed, y_sd=sd, keys=chunk.keys[rows], opts=opts, answers=mapped)
         res["k"][rows], res["m"][rows], res["sigma_obs"][rows] = params.k, params.m, sigma
         res["y_scale"][rows], res["start_ns"][rows], res["t_scale_ns"][rows] = des.y_scale, des.start_ns, des.t_scale_ns
         res["log_posterior"][rows], res["converged"][rows], res["iterations"][rows] = lp, converged, fit.iterations
@@ -1040,6 +1219,7 @@ def fit_chunk(chunk: SeriesChunk, options: ForecastOptions) -> ChunkResult:
         changepoints_t=cp_t,
         changepoint_index=cp_idx,
         cp_mask=cp_mask,
+        answers=chunk.answers,
         **res,
     )
 
@@ -1051,9 +1231,10 @@ class BatchForecaster:
     """The fast engine: prophet's model fitted by vectorised MAP for many series (module docstring).
 
     Hyper-parameters: those of :class:`ForecastOptions`, plus ``chunk_size`` (units per :func:`fit_chunk` call).
-    ``fit(frame, unit=, ds=, y=, y_sd=, map_fn=)``: ``map_fn`` maps :func:`fit_chunk` over the chunks (default:
-    the built-in ``map``; pass e.g. ``executor.map`` of a process pool). Learned: ``results_`` (one
-    :class:`ChunkResult` per chunk), ``forecast_``, ``fitted_``, ``anomalies_``, ``skipped_``, ``fits_`` frames.
+    ``fit(frame, unit=, ds=, y=, y_sd=, answers=, map_fn=)`` (``answers``: the answers that measure the points, see
+    :func:`make_chunks`): ``map_fn`` maps :func:`fit_chunk` over the chunks (default: the built-in ``map``; pass e.g.
+    ``executor.map`` of a process pool). Learned: ``results_`` (one :class:`ChunkResult` per chunk), ``forecast_``,
+    ``fitted_``, ``anomalies_``, ``skipped_``, ``fits_`` frames.
     """
 
     def __init__(self, *, chunk_size: int = 5000, **options: Any) -> None:
@@ -1081,10 +1262,11 @@ class BatchForecaster:
         ds: str = "ds",
         y: str = "y",
         y_sd: str | None = None,
+        answers: pd.DataFrame | None = None,
         map_fn: Callable[[Callable[[SeriesChunk], ChunkResult], Iterable[SeriesChunk]], Iterable[ChunkResult]]
         | None = None,
     ) -> BatchForecaster:
-        chunks = make_chunks(frame, unit=unit, ds=ds, y=y, y_sd=y_sd, chunk_size=self.chunk_size)
+        chunks = make_chunks(frame, unit=unit, ds=ds, y=y, y_sd=y_sd, answers=answers, chunk_size=self.chunk_size)
         work = _ChunkFitter(self.options)
         mapper = map_fn if map_fn is not None else map
         results = list(mapper(work, chunks))

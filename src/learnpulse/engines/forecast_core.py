@@ -60,7 +60,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy.special import ndtri
+from scipy.special import expit, ndtri
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -530,3 +530,21 @@ def robust_scale(resid: FloatArray, w: FloatArray, floor: FloatArray) -> FloatAr
     med = np.nanmedian(masked, axis=1)
     mad = np.nanmedian(np.abs(masked - med[:, None]), axis=1)
     return np.asarray(np.maximum(MAD_TO_SD * mad, floor), dtype=np.float64)
+
+
+def answer_score(
+    level: FloatArray, point: IntArray, a: FloatArray, b: FloatArray, correct: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """Score ``U`` and Fisher information ``I`` ``(n, T)`` of each point's binary answers at the value ``level``.
+
+    ``level``: ``(n, T)`` the value each point is judged at (y units); one entry per answer: ``point`` (flat index
+    into ``(n, T)``), the item's ``a``, ``b`` on y's scale and ``correct`` (0/1), under ``P(correct | v) = 1 / (1 +
+    exp(-a (v - b)))``. With ``p = P(correct | level)``: ``U = sum a (correct - p)`` (the derivative of the answers'
+    log-likelihood at ``level``) and ``I = sum a^2 p (1 - p)`` (minus its second derivative, which for this model is
+    also the Fisher information). Points without answers get ``U = I = 0``.
+    """
+    size = level.size
+    p = expit(a * (level.reshape(-1)[point] - b))
+    u = np.bincount(point, weights=a * (correct - p), minlength=size)
+    info = np.bincount(point, weights=a * a * p * (1.0 - p), minlength=size)
+    return np.asarray(u, dtype=np.float64).reshape(level.shape), np.asarray(info, dtype=np.float64).reshape(level.shape)
