@@ -69,6 +69,30 @@ def window_series(engine: Engine) -> pd.DataFrame:
     return kpi[inside].reset_index(drop=True)
 
 
+def window_answers(engine: Engine, as_of: date = AS_OF) -> pd.DataFrame:
+    """The answers of the window's weeks to the items of the newest calibration, on the I_t scale (``user_id, ds, a,
+    b, correct``; ``a = alpha / 10``, ``b = 50 + 10 beta``): what the job gives the engine, built here from the
+    stored attempts and ``irt_item`` rows."""
+    first, last = complete_weeks(as_of, 12)
+    items = read_table(engine, "irt_item")
+    items = items[(items["run_id"] == items["run_id"].max()) & items["a"].notna()]
+    with engine.connect() as conn:
+        answers = irt_store.load_responses(
+            conn, first_day=first, last_day=last + timedelta(days=6), tz=load_settings().timezone
+        )
+    answers = answers.merge(items[["item_id", "a", "b"]], on="item_id")
+    weeks = (answers["day"] - day_number(first)) // 7
+    return pd.DataFrame(
+        {
+            "user_id": answers["user_id"],
+            "ds": pd.Timestamp(first) + pd.to_timedelta(7 * weeks, unit="D"),
+            "a": answers["a"] / 10,
+            "b": 50 + 10 * answers["b"],
+            "correct": answers["correct"],
+        }
+    )
+
+
 def fits_of(engine: Engine, run_id: int | None = None) -> pd.DataFrame:
     fits = read_table(engine, "prophet_fit_meta", ["run_id", "user_id"])
     return fits if run_id is None else fits[fits["run_id"] == run_id].reset_index(drop=True)
@@ -109,9 +133,12 @@ def test_the_job_stores_fits_anomalies_and_kpi_columns_as_the_engine_computes_th
     assert skipped["parameters"].isna().all() and skipped["forecast"].isna().all()
     assert result.summary["fitted"] == len(fitted) and result.summary["skipped"] == len(skipped)
 
-    # The same computation done here with the engine on the series read back (I_t with i_t_sd as y_sd).
+    # The same computation done here with the engine on the series read back (I_t with i_t_sd as y_sd) and the
+    # answers of its weeks.
+    answers = window_answers(school)
+    assert result.summary["anomaly_evidence"]["answers"] == len(answers) > 0
     reference = BatchForecaster(horizon=4, anomaly_threshold=THRESHOLD).fit(
-        series, unit="user_id", ds="ds", y="i_t", y_sd="i_t_sd"
+        series, unit="user_id", ds="ds", y="i_t", y_sd="i_t_sd", answers=answers
     )
     assert reference.forecast_ is not None and reference.anomalies_ is not None
     stored = pd.DataFrame(
@@ -137,12 +164,16 @@ def test_the_job_stores_fits_anomalies_and_kpi_columns_as_the_engine_computes_th
     theirs = set(zip(reference.anomalies_["unit"], reference.anomalies_["ds"], strict=True))
     assert mine == theirs
     assert (anomalies["score"] > THRESHOLD).all()
+    # judged on the week's evidence from its own answers; y is the week's I_t
     drop = anomalies["direction"] == "drop"
-    assert (anomalies.loc[drop, "y"] < anomalies.loc[drop, "lower"]).all()
-    assert (anomalies.loc[~drop, "y"] > anomalies.loc[~drop, "upper"]).all()
-    # score = |y - yhat| / s and the range is yhat -+ threshold s
+    assert (anomalies.loc[drop, "evidence"] < anomalies.loc[drop, "lower"]).all()
+    assert (anomalies.loc[~drop, "evidence"] > anomalies.loc[~drop, "upper"]).all()
+    # score = |evidence - yhat| / s and the range is yhat -+ threshold s
     scale = (anomalies["upper"] - anomalies["lower"]) / (2 * THRESHOLD)
-    np.testing.assert_allclose(np.abs(anomalies["y"] - anomalies["yhat"]) / scale, anomalies["score"], rtol=1e-9)
+    np.testing.assert_allclose(np.abs(anomalies["evidence"] - anomalies["yhat"]) / scale, anomalies["score"], rtol=1e-9)
+    i_t = series.set_index(["user_id", "ds"])["i_t"]
+    keys = pd.MultiIndex.from_arrays([anomalies["user_id"], pd.to_datetime(anomalies["week_start"])])
+    np.testing.assert_allclose(anomalies["y"], i_t.loc[keys].to_numpy(), rtol=1e-12)
 
     # weekly_kpi: anomaly on every judged week (true exactly at the anomalies), NULL elsewhere; i_t_next on the
     # last observed week of each fitted student: the first forecast week.
@@ -502,24 +533,14 @@ def anomaly_figures(calibrated_school: tuple[Engine, World, date]) -> dict[str, 
     return figures
 
 
-def test_anomalies_are_found_on_the_default_world(anomaly_figures: dict[str, float]) -> None:
-    """Floors a little under the measured figures (precision 0.843, recall 0.644 with 351 injected drops), so a
-    regression fails; the issue's bar is the next test."""
-    assert anomaly_figures["injected"] > 300
-    assert anomaly_figures["precision"] >= 0.80 and anomaly_figures["recall"] >= 0.60
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="measured precision 0.843, recall 0.644 on the default world (351 injected drops, 268 weeks flagged): "
-    "the missed drops are mostly weak students' weeks with few answers (median 11, against 28 for the drops found), "
-    "where the EAP index shows about half of the drop (mean residual -8 against -19 I_t points) and its posterior "
-    "SD i_t_sd (~5) is as large as that. The bar is beyond even a detector that knows the true trend and items "
-    "(test_the_anomaly_bar_is_beyond_a_detector_that_knows_the_truth: precision 0.59 at |z| > 2.5, recall 0.75 at "
-    "its best cut for precision 0.8)",
-)
 def test_the_issue_bar_for_anomalies_on_the_default_world(anomaly_figures: dict[str, float]) -> None:
+    """The issue's bar at the default threshold: precision >= 0.8 and recall >= 0.7. Measured: precision 0.859,
+    recall 0.712 (351 injected drops in the window, 291 weeks flagged). The rule judges each week by its own answers
+    (score test at the trend; engine docstring); on the EAP index with its posterior SD it was 0.843 / 0.644. On
+    other default-size worlds (``WorldParams(seed=s)``): seeds 1, 2, 3 give 0.846 / 0.716, 0.866 / 0.723,
+    0.912 / 0.713; seeds 4 and 5 miss the recall bar (0.848 / 0.674, 0.850 / 0.661), where even the oracle score test
+    of the next test reaches only 0.73 at precision 0.8."""
+    assert anomaly_figures["injected"] > 300
     assert anomaly_figures["precision"] >= 0.8 and anomaly_figures["recall"] >= 0.7
 
 
@@ -551,14 +572,16 @@ def _oracle_week_scores(engine: Engine, world: World, as_of: date) -> pd.DataFra
     return scores.assign(z=scores["u"] / np.sqrt(scores["i"]), injected=scores["effect"].notna())
 
 
-def test_the_anomaly_bar_is_beyond_a_detector_that_knows_the_truth(
+def test_the_job_is_close_to_a_detector_that_knows_the_truth(
     calibrated_school: tuple[Engine, World, date], anomaly_figures: dict[str, float]
 ) -> None:
-    """Why the issue's bar (precision 0.8 and recall 0.7 at threshold 2.5) is not met, as a fact about the default
-    world that fails if the world changes: even the oracle score test (true trend, true items; a jump claim counts
-    against precision as in ``anomaly_figures``) flags so many ordinary weeks at |z| > 2.5 that its precision is far
-    below 0.8, and at the best cut for precision 0.8 its recall is only about 0.75. The job's detector, which must
-    estimate both the trend and the items, stays within 0.12 of that ceiling's recall at a precision above 0.8."""
+    """Facts about the default world that fail if the world changes, and the job against them. The oracle score test
+    (true trend, true items; a jump claim counts against precision as in ``anomaly_figures``) flags so many ordinary
+    weeks at |z| > 2.5 that its precision is far below 0.8 (about 1.2% of 16,000 ordinary weeks exceed 2.5 standard
+    normal SDs, against some 300 drops): a rule calibrated to the null at threshold 2.5 cannot reach precision 0.8
+    here, which is why the job's scale also carries the floor. At the oracle's best cut for precision 0.8 its recall is
+    about 0.75: no detector of one week's answers does much better. The job, which estimates both the trend and the
+    items, is within 0.05 of that recall at a precision above 0.8."""
     engine, world, as_of = calibrated_school
     scores = _oracle_week_scores(engine, world, as_of)
     assert int(scores["injected"].sum()) == anomaly_figures["injected"]
@@ -575,7 +598,7 @@ def test_the_anomaly_bar_is_beyond_a_detector_that_knows_the_truth(
     )
     assert precision_at_default < 0.7
     assert 0.7 <= ceiling < 0.8
-    assert anomaly_figures["precision"] >= 0.8 and anomaly_figures["recall"] >= ceiling - 0.12
+    assert anomaly_figures["precision"] >= 0.8 and anomaly_figures["recall"] >= ceiling - 0.05
 
 
 def test_forecasts_beat_the_last_value_on_the_default_world(calibrated_school: tuple[Engine, World, date]) -> None:

@@ -104,6 +104,7 @@ def _anomaly_table(rows: Sequence[Any], week: date) -> Table:
     table = Table(
         "user_id",
         "I_t",
+        "by its answers",
         "expected",
         "expected range",
         "score",
@@ -111,9 +112,11 @@ def _anomaly_table(rows: Sequence[Any], week: date) -> Table:
         title=f"anomalous weeks: week of {week} (forecast-prophet; strongest first)",
     )
     for row in rows:
+        evidence = row["evidence"]
         table.add_row(
             str(row["user_id"]),
             f"{row['y']:.1f}",
+            "" if evidence is None else f"{evidence:.1f}",
             f"{row['yhat']:.1f}",
             f"{row['lower']:.1f} .. {row['upper']:.1f}",
             f"{row['score']:.1f}",

@@ -108,7 +108,7 @@ class AnomalyPoint(BaseModel):
     lower: float = Field(description="Expected range: yhat - threshold x scale.")
     upper: float
     residual: float = Field(description="y - yhat")
-    scale: float = Field(description="Robust residual scale of the point (max of the series' and its y_sd).")
+    scale: float = Field(description="Residual scale of the point (max of the series' robust scale and its y_sd).")
     score: float = Field(description="|residual| / scale")
     direction: Direction
 
@@ -184,8 +184,12 @@ class AnomalyRow(BaseModel):
     user_id: int
     week_start: date
     y: float = Field(description="Observed I_t.")
+    evidence: float | None = Field(
+        description="The I_t the rule judged: the week's estimate from its own answers alone (yhat + residual); y "
+        "when the week was judged without answers; null in rows stored before it was recorded."
+    )
     yhat: float = Field(description="Expected I_t.")
-    lower: float = Field(description="Expected range.")
+    lower: float = Field(description="Expected range: yhat -+ threshold x scale.")
     upper: float
-    score: float = Field(description="|y - yhat| / robust residual scale.")
+    score: float = Field(description="|evidence - yhat| / residual scale.")
     direction: Direction

@@ -45,14 +45,25 @@ def load_responses(conn: Connection, *, first_day: date, last_day: date, tz: Zon
     )
 
 
-def latest_calibration(conn: Connection) -> dict[str, Any] | None:
-    """The newest stored calibration (its ``irt_calibration_meta`` row), None before the first."""
+def latest_calibration(conn: Connection, as_of: date | None = None) -> dict[str, Any] | None:
+    """The newest stored calibration (its ``irt_calibration_meta`` row), or the newest as of ``as_of`` (its as-of
+    date on or before it); None if there is none."""
+    query = select(irt_calibration_meta)
+    if as_of is not None:
+        query = query.where(irt_calibration_meta.c.as_of <= as_of)
     found = conn.execute(
-        select(irt_calibration_meta)
-        .order_by(desc(irt_calibration_meta.c.as_of), desc(irt_calibration_meta.c.run_id))
-        .limit(1)
+        query.order_by(desc(irt_calibration_meta.c.as_of), desc(irt_calibration_meta.c.run_id)).limit(1)
     ).first()
     return dict(found._mapping) if found else None
+
+
+def calibrated_items(conn: Connection, run_id: int) -> pd.DataFrame:
+    """``item_id, a, b`` of the items calibration ``run_id`` gave parameters (flagged items left out)."""
+    return numeric_frame(
+        conn,
+        f"SELECT item_id, a, b FROM irt_item WHERE run_id = {int(run_id)} AND a IS NOT NULL AND b IS NOT NULL",
+        {"item_id": np.int64, "a": np.float64, "b": np.float64},
+    )
 
 
 def record_calibration(conn: Connection, meta: dict[str, Any], items: pd.DataFrame) -> int:

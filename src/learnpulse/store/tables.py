@@ -287,10 +287,13 @@ prophet_anomalies = Table(
     Column("user_id", BigInteger, primary_key=True),
     Column("week_start", Date, primary_key=True),
     Column("y", Float, nullable=False),  # observed I_t
+    # the I_t the rule judged: the week's own answers' estimate (yhat + residual); y when judged without answers,
+    # NULL in rows written before this column existed
+    Column("evidence", Float, nullable=True),
     Column("yhat", Float, nullable=False),  # expected I_t
     Column("lower", Float, nullable=False),  # expected range
     Column("upper", Float, nullable=False),
-    Column("score", Float, nullable=False),  # |y - yhat| / robust residual scale
+    Column("score", Float, nullable=False),  # |evidence - yhat| / residual scale
     Column("direction", String(8), nullable=False),  # drop | jump
     Index(None, "week_start", "direction"),
 )
