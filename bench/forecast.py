@@ -7,6 +7,11 @@ Data: ``--students`` synthetic weekly series of ``--weeks`` (12) points, generat
 ``theta_w = theta0 + g w`` (a one-week drop of 2.5 with probability 3%), ``1 + Poisson(14)`` attempts a week,
 ``correct ~ Binomial(attempts, logistic(theta_w))``, the index ``100 (correct + 1) / (attempts + 2)``, and each week
 missing with probability 10% (so lengths vary; series under ``min_points`` = 6 are skipped, as in the job).
+With ``--answers`` the engine also gets each week's answers, as forecast-prophet gives it the IRT weeks' answers:
+the index is then ``50 + 10 logit((correct + 0.5) / (attempts + 1))`` (the empirical logit, on the scale ``50 + 10
+theta``) and each attempt is one answer to an item ``a = 0.1``, ``b = 50`` (``P = logistic(theta)`` on that scale),
+so the anomaly rule judges each week by its answers' score and information (one answer row per attempt: about 15
+per week, 1.6 million for 10,000 students).
 
 Engine: ``BatchForecaster`` (fit, 4-week forecast with 80% intervals from 1,000 simulated paths, the anomaly rule
 with its robust refit) mapping ``fit_chunk`` over chunks of ``--chunk-size`` students on a process pool of
@@ -20,6 +25,7 @@ data, in the same run; the ratio is engine students/s over loop students/s (the 
 log-posterior and ``yhat`` are compared with prophet's.
 
     .venv/bin/python bench/forecast.py [--students 10000,100000] [--workers 2] [--chunk-size 5000] [--sample 30]
+        [--answers]
 """
 
 from __future__ import annotations
@@ -44,8 +50,9 @@ SEED = 20260601
 START = np.datetime64("2026-03-02", "ns")
 
 
-def simulate(students: int, weeks: int, seed: int = SEED) -> pd.DataFrame:
-    """Long frame ``unit, ds, y`` (see the module docstring)."""
+def simulate(students: int, weeks: int, seed: int = SEED, *, logit_index: bool = False) -> pd.DataFrame:
+    """Long frame ``unit, ds, y, attempts, correct`` (see the module docstring; ``logit_index``: the ``--answers``
+    index)."""
     rng = np.random.default_rng(seed)
     theta0 = rng.normal(0.0, 1.2, students)
     growth = rng.normal(0.05, 0.06, students)
@@ -55,6 +62,8 @@ def simulate(students: int, weeks: int, seed: int = SEED) -> pd.DataFrame:
     attempts = 1 + rng.poisson(14, (students, weeks))
     correct = rng.binomial(attempts, 1.0 / (1.0 + np.exp(-theta)))
     index = 100.0 * (correct + 1) / (attempts + 2)
+    if logit_index:
+        index = 50.0 + 10.0 * np.log((correct + 0.5) / (attempts - correct + 0.5))
     present = rng.random((students, weeks)) >= 0.10
     unit, week = np.nonzero(present)
     return pd.DataFrame(
@@ -62,20 +71,39 @@ def simulate(students: int, weeks: int, seed: int = SEED) -> pd.DataFrame:
             "unit": unit.astype(np.int64) + 1,
             "ds": START + (7 * week).astype("timedelta64[D]"),
             "y": index[unit, week],
+            "attempts": attempts[unit, week],
+            "correct": correct[unit, week],
         }
     )
 
 
-def run_engine(students: int, weeks: int, workers: int, chunk_size: int) -> dict[str, Any]:
+def answers_of(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per attempt of ``frame``'s weeks: ``unit, ds, a, b, correct`` (the first ``correct`` right)."""
+    n = frame["attempts"].to_numpy()
+    first = np.repeat(np.cumsum(n) - n, n)
+    rank = np.arange(int(n.sum())) - first
+    return pd.DataFrame(
+        {
+            "unit": np.repeat(frame["unit"].to_numpy(), n),
+            "ds": np.repeat(frame["ds"].to_numpy(), n),
+            "a": 0.1,
+            "b": 50.0,
+            "correct": (rank < np.repeat(frame["correct"].to_numpy(), n)).astype(np.float64),
+        }
+    )
+
+
+def run_engine(students: int, weeks: int, workers: int, chunk_size: int, with_answers: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
-    frame = simulate(students, weeks)
+    frame = simulate(students, weeks, logit_index=with_answers)
+    answers = answers_of(frame) if with_answers else None
     generate_s = time.perf_counter() - t0
     start = time.perf_counter()
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            fast = BatchForecaster(chunk_size=chunk_size).fit(frame, map_fn=pool.map)
+            fast = BatchForecaster(chunk_size=chunk_size).fit(frame, answers=answers, map_fn=pool.map)
     else:
-        fast = BatchForecaster(chunk_size=chunk_size).fit(frame)
+        fast = BatchForecaster(chunk_size=chunk_size).fit(frame, answers=answers)
     seconds = time.perf_counter() - start
     assert fast.fits_ is not None and fast.skipped_ is not None and fast.anomalies_ is not None
     worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if workers > 1 else 0.0
@@ -135,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--chunk-size", type=int, default=5000)
     parser.add_argument("--sample", type=int, default=30, help="series in the plain prophet loop")
+    parser.add_argument("--answers", action="store_true", help="give the engine each week's answers (see above)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.students.split(",") if s]
 
@@ -163,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         row(*["---"] * 11),
     ]
     for n in sizes:
-        res, _wall, peak = phase(run_engine, n, args.weeks, args.workers, args.chunk_size)
+        res, _wall, peak = phase(run_engine, n, args.weeks, args.workers, args.chunk_size, args.answers)
         rate = n / res["seconds"]
         lines.append(
             row(
@@ -181,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
         print(lines[-1], flush=True)
-    print(f"\n## Forecast engine, {args.weeks}-point weekly series, 4-week forecast + anomalies\n")
+    judged = "judged by each week's answers" if args.answers else "judged on the index"
+    print(f"\n## Forecast engine, {args.weeks}-point weekly series, 4-week forecast + anomalies ({judged})\n")
     print("\n".join(lines))
     print(
         f"\nplain loop: Prophet().fit + predict (history + 4 weeks), {loop['n']} series, "
