@@ -257,10 +257,25 @@ def test_agrees_with_brms_on_growth_200(reference_fit: GrowthModel, brms: pd.Dat
     diag = reference_fit.diagnostics_
     assert diag is not None
     print(f"diagnostics: {diag}")
-    assert diag["max_rhat"] <= 1.01
+    # Healthy as brms ran it (iter=1000, 2 chains): no divergences and near-independent draws. Its max R-hat is
+    # left to the next test: with 2 x 500 draws the largest of six rank-normalised split R-hats lands between 1.004
+    # and 1.013 depending on the seed and the machine's floating point (seed 1: 1.006 on one machine, 1.013 on
+    # another), and brms's own run of this data reported 1.016.
+    assert diag["max_rhat"] <= 1.02
+    assert diag["min_ess_bulk"] >= 400 and diag["min_ess_tail"] >= 300
     assert diag["divergences"] == 0
     assert diag["draws"] == 1000  # iter=1000 with half warm-up, 2 chains: as brms
     assert set(ours.index) == {"Intercept", "time", "sd(Intercept)", "sd(time)", "cor(Intercept,time)", "sigma"}
+
+
+def test_rhat_gate_passes_with_twice_the_iterations(reference_data: pd.DataFrame) -> None:
+    """The job's gate (max R-hat <= 1.01) is redone with 2 x BRMS_ITER when it fails: at iter=2000 the reference
+    set's fit passes it (six seeds on this data: 1.001-1.007)."""
+    d = reference_data
+    fit = GrowthModel("gaussian", iter=2000, chains=2, seed=1).fit(d["user"], d["week"], d["acc"])
+    assert fit.diagnostics_ is not None
+    assert fit.diagnostics_["max_rhat"] <= 1.01
+    assert fit.diagnostics_["divergences"] == 0
 
 
 # --- 2. the per-unit normal summary ---------------------------------------------------------------------------------
