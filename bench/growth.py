@@ -11,11 +11,17 @@ JAX compilation, warm-up and the per-unit summaries included), max R-hat and min
 hyper-parameters (and the binomial family's over all units' coefficients), min bulk ESS per second, divergences,
 peak RSS.
 
-brms is not installed here (no R), so brms is **not** run in the same benchmark: its figures printed beside ours
-are those published in issue 5 (169 s for the 200-student reference set, about 15 minutes for 1,000 students x 12
-weeks on this kind of machine), labelled as such. With ``--reference`` (default: on when the file exists) the
-engine is also timed on the brms reference set itself (``tests/data/growth_200/data.csv``, a copy of
-``../shared/reference/growth_200``).
+**brms in the same run** (``--brms auto``, the default: when ``Rscript`` is on the PATH and ``library(brms)``
+loads): brms fits the *same* data (the simulated sets up to ``--brms-max-students``, 1,000 by default, and the
+reference set) with ``iter=1000, chains=2, cores=2`` and its default priors, each in its own ``Rscript`` process;
+printed are its wall time (model compilation included, as a brms user waits for it) and its sampling time alone,
+its max R-hat and min ESS, our time against its, and how far our posterior means lie from brms's in brms posterior
+SDs. On Debian: ``apt-get install r-cran-brms r-base-dev`` and, because Debian's ``r-cran-bh`` keeps Boost in
+``/usr/include``, ``mkdir -p /usr/lib/R/site-library/BH/include && ln -s /usr/include/boost
+/usr/lib/R/site-library/BH/include/boost`` (rstan looks for it there). Without R, the figures published in issue 5
+(169 s for the reference set, about 15 minutes for 1,000 students x 12 weeks) are printed instead, labelled as such.
+With ``--reference`` (default: on when the file exists) the engine is also timed on the brms reference set itself
+(``tests/data/growth_200/data.csv``, a copy of ``../shared/reference/growth_200``).
 
 The binomial family samples every unit's two coefficients with NUTS: at 100,000 students that is 200,000
 parameters and about 5 GB of draws. A binomial fit is therefore only started when the time extrapolated linearly
@@ -25,14 +31,18 @@ fits print the extrapolation instead of a measurement.
 
     .venv/bin/python bench/growth.py [--students 1000,100000] [--families gaussian,binomial] [--weeks 12]
                                      [--max-seconds 900] [--force-binomial] [--no-reference]
+                                     [--brms auto|on|off] [--brms-max-students 1000] [--brms-max-seconds 3600]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import queue as queue_mod
 import resource
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import row
+from common import OUT, row
 
 SEED = 20240605
 ITER, CHAINS = 1000, 2
@@ -67,15 +77,111 @@ def simulate(students: int, weeks: int, seed: int = SEED) -> pd.DataFrame:
     return pd.DataFrame({"unit": unit, "time": week, "trials": trials, "correct": correct, "acc": correct / trials})
 
 
+BRMS_SCRIPT = r"""
+args <- commandArgs(trailingOnly = TRUE)
+data_path <- args[1]; family <- args[2]; iter <- as.integer(args[3]); chains <- as.integer(args[4])
+seed <- as.integer(args[5]); out <- args[6]
+suppressPackageStartupMessages(library(brms))
+d <- read.csv(data_path)
+started <- proc.time()[["elapsed"]]
+if (family == "gaussian") {
+  fit <- brm(acc ~ time + (time | unit), data = d, family = gaussian(), iter = iter, chains = chains,
+             cores = chains, seed = seed, refresh = 0, silent = 2)
+} else {
+  fit <- brm(correct | trials(trials) ~ time + (time | unit), data = d, family = binomial(), iter = iter,
+             chains = chains, cores = chains, seed = seed, refresh = 0, silent = 2)
+}
+total <- proc.time()[["elapsed"]] - started
+chain_s <- rstan::get_elapsed_time(fit$fit)
+s <- summary(fit)
+tab <- rbind(s$fixed, s$random$unit, if (!is.null(s$spec_pars) && nrow(s$spec_pars) > 0) s$spec_pars else NULL)
+np <- nuts_params(fit)
+rows <- vapply(rownames(tab), function(r) sprintf(
+  '"%s": {"estimate": %.10g, "est_error": %.10g, "rhat": %.6g, "ess_bulk": %.6g, "ess_tail": %.6g}',
+  r, tab[r, "Estimate"], tab[r, "Est.Error"], tab[r, "Rhat"], tab[r, "Bulk_ESS"], tab[r, "Tail_ESS"]), "")
+writeLines(sprintf(
+  '{"seconds": %.3f, "sampling_seconds": %.3f, "divergences": %d, "brms": "%s", "parameters": {%s}}',
+  total, max(chain_s[, "sample"] + chain_s[, "warmup"]), as.integer(sum(np$Value[np$Parameter == "divergent__"])),
+  as.character(packageVersion("brms")), paste(rows, collapse = ", ")), out)
+"""
+
+
+def brms_available() -> str | None:
+    """brms's version when ``Rscript`` runs and ``library(brms)`` loads, else None."""
+    if shutil.which("Rscript") is None:
+        return None
+    probe = subprocess.run(
+        ["Rscript", "-e", 'suppressPackageStartupMessages(library(brms)); cat(as.character(packageVersion("brms")))'],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    return probe.stdout.strip() or None if probe.returncode == 0 else None
+
+
+def bench_data(family: str, students: int, weeks: int, reference: str | None) -> pd.DataFrame:
+    """The data both engines fit: the reference set (gaussian) or a simulated one, in the columns the brms
+    formulas name (unit, time, acc; binomial: unit, time, trials, correct)."""
+    if reference is not None:
+        ref = pd.read_csv(reference)
+        return pd.DataFrame({"unit": ref["user"], "time": ref["week"], "acc": ref["acc"]})
+    d = simulate(students, weeks)
+    return d[["unit", "time", "acc"]] if family == "gaussian" else d[["unit", "time", "trials", "correct"]]
+
+
+def fit_brms(
+    family: str, students: int, weeks: int, reference: str | None, *, seed: int, limit_s: float
+) -> tuple[str, Any]:
+    """brms on the same data in an ``Rscript`` process: ("ok", figures) or ("error" | "stopped", message)."""
+    OUT.mkdir(exist_ok=True)
+    tag = f"brms_{family}_{'reference' if reference else students}"
+    data_path, out_path, script = OUT / f"{tag}.csv", OUT / f"{tag}.json", OUT / "brms_fit.R"
+    script.write_text(BRMS_SCRIPT)
+    bench_data(family, students, weeks, reference).to_csv(data_path, index=False)
+    out_path.unlink(missing_ok=True)
+    command = ["Rscript", str(script), str(data_path), family, str(ITER), str(CHAINS), str(seed), str(out_path)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        return "stopped", f"brms stopped after {limit_s:.0f} s (--brms-max-seconds)"
+    if done.returncode != 0 or not out_path.exists():
+        tail = " ".join(done.stderr.strip().splitlines()[-3:])
+        return "error", f"brms failed (exit {done.returncode}): {tail}"
+    figures: dict[str, Any] = json.loads(out_path.read_text())
+    return "ok", figures
+
+
+def brms_line(family: str, label: str, ours: dict[str, Any], theirs: dict[str, Any]) -> str:
+    """One row of the same-run comparison: brms's time and diagnostics, ours, the ratio and the agreement."""
+    params = theirs["parameters"]
+    rhat = max(p["rhat"] for p in params.values())
+    ess_bulk = min(p["ess_bulk"] for p in params.values())
+    ess_tail = min(p["ess_tail"] for p in params.values())
+    # brms and the engine name the hyper-parameters alike (engines.growth.PARAMETERS)
+    gaps = [
+        abs(ours["estimates"][n] - p["estimate"]) / p["est_error"] for n, p in params.items() if n in ours["estimates"]
+    ]
+    return row(
+        family,
+        label,
+        f"{ours['units']:,}",
+        f"{theirs['seconds']:.1f}",
+        f"{theirs['sampling_seconds']:.1f}",
+        f"{rhat:.4f}",
+        f"{ess_bulk:.0f} / {ess_tail:.0f}",
+        theirs["divergences"],
+        f"{ours['seconds']:.1f}",
+        f"{theirs['seconds'] / ours['seconds']:.1f}x ({theirs['sampling_seconds'] / ours['seconds']:.1f}x)",
+        f"{max(gaps):.2f}",
+    )
+
+
 def fit_one(family: str, students: int, weeks: int, reference: str | None, seed: int = 1) -> dict[str, Any]:
     """One fit in this (child) process: simulate (or read the reference set), fit, return figures."""
     from learnpulse.engines.growth import GrowthModel
 
-    if reference is not None:
-        ref = pd.read_csv(reference)
-        d = pd.DataFrame({"unit": ref["user"], "time": ref["week"], "acc": ref["acc"]})
-    else:
-        d = simulate(students, weeks)
+    d = bench_data(family, students, weeks, reference)
     model = GrowthModel(family, iter=ITER, chains=CHAINS, seed=seed)
     start = time.perf_counter()
     if family == "binomial":
@@ -193,7 +299,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--force-binomial", action="store_true", help="start binomial fits whatever the estimate")
     parser.add_argument("--no-reference", action="store_true", help="do not time the brms reference set")
     parser.add_argument("--seed", type=int, default=1, help="the sampler's seed (the data's is fixed)")
+    parser.add_argument(
+        "--brms", choices=("auto", "on", "off"), default="auto", help="fit brms on the same data (auto: if R has it)"
+    )
+    parser.add_argument("--brms-max-students", type=int, default=1_000, help="largest simulated set brms fits")
+    parser.add_argument("--brms-max-seconds", type=float, default=3_600.0, help="stop a brms fit after this")
     args = parser.parse_args(argv)
+    brms_version = None if args.brms == "off" else brms_available()
+    if args.brms == "on" and brms_version is None:
+        raise SystemExit("--brms on: Rscript with library(brms) is not available (see this script's docstring)")
     sizes = sorted({int(s.replace("_", "")) for s in args.students.split(",") if s})
     families = [f for f in ("gaussian", "binomial") if f in args.families.split(",")]
     if not sizes or not families:
@@ -210,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
             "min bulk ESS / s",
             "divergences",
             "peak RSS MiB",
-            "brms published s / ratio (not measured here)",
+            "brms published s / ratio (issue 5, not this run)",
             "target",
         ),
         row(*["---"] * 11),
@@ -218,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     lines: list[str] = []
     notes: list[str] = []
     measured: dict[str, list[tuple[int, float]]] = {f: [] for f in families}
+    fitted: list[tuple[str, str, int, dict[str, Any]]] = []  # what brms fits too: family, label, students, ours
 
     def report(family: str, label: str, students: int, result: dict[str, Any], peak: float) -> None:
         weeks = 12 if label == "brms reference set" else args.weeks
@@ -238,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         lines.append(line)
         print(line, flush=True)
+        fitted.append((family, label, students, result))
 
     print(f"## Growth engine: NUTS, iter={ITER}, chains={CHAINS}\n", flush=True)
     if "gaussian" in families and not args.no_reference and REFERENCE.exists():
@@ -283,18 +399,74 @@ def main(argv: list[str] | None = None) -> None:
             if family == "binomial":
                 notes.append(_truth_line(f"binomial, {students:,} students (posterior mean [95%])", result))
 
+    brms_lines = run_brms(fitted, args, brms_version, notes) if brms_version else []
+
     print()
     print("\n".join(header + lines))
     print(
         "\nfit s: GrowthModel.fit (JAX compilation, warm-up, sampling, per-unit moments, diagnostics); max R-hat and "
         "ESS: the hyper-parameters (binomial: all units' coefficients in parentheses); min bulk ESS / s: the "
         "smallest hyper-parameter bulk ESS per fit second; peak RSS: the fitting process, simulated data included."
-        "\nbrms: figures published in issue 5 (brms 2.18.0 on a 2-core machine: 169 s for the 200-student reference "
-        "set, about 15 min = 900 s for 1,000 students x 12 weeks, gaussian), NOT measured in this run or on this "
-        "data (R is not installed); the ratio is brms published s / ours."
+        "\nbrms published: the figures in issue 5 (brms 2.18.0 on a 2-core machine: 169 s for the 200-student "
+        "reference set, about 15 min = 900 s for 1,000 students x 12 weeks, gaussian); the ratio is those s / ours."
     )
+    if brms_lines:
+        print(f"\n## brms {brms_version} on the same data in this run (iter={ITER}, chains={CHAINS}, cores=2)\n")
+        print("\n".join(BRMS_HEADER + brms_lines))
+        print(
+            "\nbrms s: brm() wall time, Stan's C++ compilation included (a brms user waits for it); sampling s: the "
+            "slowest chain's warm-up + sampling (rstan::get_elapsed_time). max R-hat, ESS: brms's summary (fixed "
+            "effects, group-level SDs and correlation, sigma). ratio: brms s / our fit s (brms sampling s / our fit "
+            "s). gap: the largest |our posterior mean - brms's| in brms posterior SDs over those parameters."
+        )
+    elif brms_version is None:
+        print("\nbrms was not run: Rscript with library(brms) is not available here (--brms off or not installed).")
     if notes:
         print("\n" + "\n".join(notes))
+
+
+BRMS_HEADER = [
+    row(
+        "family",
+        "data",
+        "units",
+        "brms s",
+        "brms sampling s",
+        "brms max R-hat",
+        "brms min ESS bulk / tail",
+        "brms divergences",
+        "our fit s",
+        "ratio",
+        "gap (brms SDs)",
+    ),
+    row(*["---"] * 11),
+]
+
+
+def run_brms(
+    fitted: list[tuple[str, str, int, dict[str, Any]]], args: argparse.Namespace, version: str, notes: list[str]
+) -> list[str]:
+    """brms on each set our engine fitted (up to --brms-max-students units): one comparison row per set."""
+    lines = []
+    for family, label, students, ours in fitted:
+        reference = str(REFERENCE) if label == "brms reference set" else None
+        if reference is None and students > args.brms_max_students:
+            continue
+        print(f"(brms {version}: {family}, {label}, {ours['units']:,} units ...)", flush=True)
+        status, result = fit_brms(
+            family, students, args.weeks, reference, seed=args.seed, limit_s=args.brms_max_seconds
+        )
+        if status != "ok":
+            notes.append(f"- brms, {family}, {label}, {ours['units']:,} units: {result}")
+            print(notes[-1], flush=True)
+            continue
+        lines.append(brms_line(family, label, ours, result))
+        print(lines[-1], flush=True)
+        if label.startswith("simulated") and students == 1_000:
+            ratio = result["seconds"] / ours["seconds"]
+            verdict = "met" if ratio >= TARGET_1000_RATIO else "missed"
+            notes.append(f"- {family}, 1,000 students: {ratio:.1f}x brms in this run (target >= 20x: {verdict})")
+    return lines
 
 
 if __name__ == "__main__":
