@@ -184,12 +184,25 @@ def problem_names(exc: InvalidInputError) -> set[str]:
 
 
 def raw_binomial_draws(fit: BinomialFit) -> np.ndarray:
-    """(draws, units, 2) unit coefficients from the sampled ``w``, rebuilt here from the model's definition:
-    ``c_i = m_i + L_i w_i`` with ``m_i`` and lower-triangular ``L_i`` each unit's Laplace mode and Cholesky factor."""
-    w = fit.samples["w"].reshape(-1, *fit.samples["w"].shape[2:])
-    m, L = fit.laplace.mode, fit.laplace.chol
-    assert np.all(L[:, 0, 1] == 0) and np.all(L[:, 0, 0] > 0) and np.all(L[:, 1, 1] > 0)
-    return m[None] + np.einsum("uij,duj->dui", L, w)
+    """(draws, units, 2) unit coefficients from the sampled ``w`` and population parameters, rebuilt here from the
+    model's definition with plain NumPy linear algebra: ``Sigma = L L'`` (``L = [[tau0, 0], [l10, l11]]``),
+    ``P_i = Q_i + Sigma^-1``, ``mu_i = P_i^-1 (r_i + Sigma^-1 b)``, ``c_i = mu_i + chol(P_i)^-T w_i``."""
+    s = {k: v.reshape(-1, *v.shape[2:]) for k, v in fit.samples.items()}
+    n_draws = len(s["b0"])
+    L = np.zeros((n_draws, 2, 2))
+    L[:, 0, 0], L[:, 1, 0], L[:, 1, 1] = s["tau0"], s["l10"], s["l11"]
+    # The factor's second row is (tau1 rho, tau1 sqrt(1 - rho^2)): the sampled SD and correlation.
+    np.testing.assert_allclose(np.hypot(s["l10"], s["l11"]), s["tau1"], rtol=1e-12)
+    prior = np.linalg.inv(L @ L.transpose(0, 2, 1))  # (D, 2, 2)
+    q = fit.laplace.q
+    Q = np.stack([np.stack([q[:, 0], q[:, 1]], 1), np.stack([q[:, 1], q[:, 2]], 1)], 1)  # (U, 2, 2)
+    P = Q[None] + prior[:, None]  # (D, U, 2, 2)
+    b = np.stack([s["b0"], s["b1"]], axis=1)  # (D, 2)
+    rhs = fit.laplace.r[None] + np.einsum("dij,dj->di", prior, b)[:, None]
+    mu = np.linalg.solve(P, rhs[..., None])[..., 0]
+    U = np.linalg.cholesky(P)
+    x = np.linalg.solve(U.transpose(0, 1, 3, 2), s["w"][..., None])[..., 0]
+    return mu + x
 
 
 def exact_gaussian_moments(

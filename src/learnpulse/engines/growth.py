@@ -28,12 +28,13 @@ posterior mode: see ``_laplace_start``) whatever the number of units. The units'
 coefficients then follow exactly from their conditional posterior given each hyper-parameter draw,
 ``c_i | h ~ N(b + C_i Z_i' r_i / sigma^2, C_i)``, ``C_i = (Sigma^-1 + Z_i'Z_i / sigma^2)^-1``, ``r_i = y_i - Z_i b``
 (Rao-Blackwellised: their posterior means and covariances are exact averages over the draws). The binomial family
-has no closed form: NUTS samples every unit's coefficients, in per-unit *Laplace coordinates* ``c_i = m_i + L_i w_i``
-(``m_i`` the mode and ``L_i L_i'`` the inverse Hessian of unit ``i``'s conditional log posterior at moment estimates
-of ``b`` and ``Sigma``: :mod:`learnpulse.engines.growth_laplace`). That is an affine change of variables (constant
-Jacobian), so the posterior is the model's own, but each ``w_i`` is close to standard normal whether the unit has
-500 answers or 5, where brms's non-centred ``u_i = L z_i`` is well scaled only for units with little data: NUTS then
-needs far fewer and shorter trajectories, and the population parameters get one dense mass-matrix block.
+has no closed form: NUTS samples every unit's coefficients, through each unit's approximate *conditional*
+posterior given the population parameters ``h``: ``c_i = mu_i(h) + U_i(h)^-T w_i``, where ``N(mu_i(h), (U_i U_i')^-1)``
+combines a fixed Gaussian approximation of the unit's likelihood (at its Laplace mode) with ``N(b, Sigma)``
+(:mod:`learnpulse.engines.growth_laplace`). That is an exact change of variables (its log Jacobian is added), so
+the posterior is the model's own, but every ``w_i`` is near standard normal and nearly independent of ``h``,
+whether the unit has 500 answers or 5: no funnel between the SDs and the units' effects (brms's non-centred
+``u_i = L z_i`` has none only for units with little data), one dense mass-matrix block for the population.
 
 **Per-unit posterior.** Predictions use, for every unit, the posterior mean ``m_i`` and covariance ``V_i`` of its
 coefficients ``c_i = (b0 + u0_i, b1 + u1_i)`` (exact first two moments) and treat ``c_i`` as bivariate normal; a unit
@@ -69,7 +70,7 @@ import pandas as pd
 from scipy.special import expit, logit, ndtr, ndtri
 
 from learnpulse.engines.base import check_fitted, envelope, float_vector, open_envelope
-from learnpulse.engines.growth_laplace import UnitLaplace, unit_laplace
+from learnpulse.engines.growth_laplace import UnitLaplace, conditional_map, unit_laplace
 from learnpulse.engines.mcmc_diagnostics import chain_diagnostics
 from learnpulse.errors import InsufficientDataError, InvalidInputError
 
@@ -272,14 +273,15 @@ def _gaussian_model(*, stats: Any, priors: GrowthPriors, loc: float) -> None:
 
 
 def _binomial_model(
-    *, time: Any, y: Any, trials: Any, mode: Any, chol: Any, priors: GrowthPriors, loc: float, code: Any = None
+    *, time: Any, y: Any, trials: Any, q: Any, r: Any, priors: GrowthPriors, loc: float, code: Any = None
 ) -> None:
-    """The binomial family with unit coefficients ``c_i = m_i + L_i w_i`` (``m_i``, ``L_i``: each unit's Laplace
-    mode and Cholesky factor, :mod:`learnpulse.engines.growth_laplace`). The density is the model's own,
-    ``N(c_i | b, Sigma)`` times the binomial likelihood, written in ``w`` (an affine map: constant Jacobian), and
-    without the binomial coefficients (constant). Data: ``time, y, trials`` either (units, rows) padded with
-    ``trials = 0`` (``code=None``: no gather, whose gradient, a scatter-add, dominated the cost on CPU) or flat rows
-    with each row's unit index ``code``."""
+    """The binomial family with unit coefficients ``c_i = mu_i(h) + U_i(h)^-T w_i``: each unit's approximate
+    conditional posterior given the population parameters ``h``, from its likelihood's Gaussian approximation
+    ``(q_i, r_i)`` (:mod:`learnpulse.engines.growth_laplace`). The density is the model's own, ``N(c_i | b, Sigma)``
+    times the binomial likelihood, in ``(h, w)`` with the change of variables' log Jacobian added, without the
+    binomial coefficients (constant). Data: ``time, y, trials`` either (units, rows) padded with ``trials = 0``
+    (``code=None``: no gather, whose gradient, a scatter-add, dominated the cost on CPU) or flat rows with each row's
+    unit index ``code``."""
     import jax
     import jax.numpy as jnp
     import numpyro
@@ -287,15 +289,14 @@ def _binomial_model(
     from numpyro.distributions import constraints
 
     h = _hyper_sites(priors, loc, gaussian=False)
-    n_units = mode.shape[0]
+    n_units = q.shape[0]
     w = numpyro.sample("w", dist.ImproperUniform(constraints.real, (), (n_units, 2)))
-    c0 = mode[:, 0] + chol[:, 0, 0] * w[:, 0]
-    c1 = mode[:, 1] + chol[:, 1, 0] * w[:, 0] + chol[:, 1, 1] * w[:, 1]
+    c0, c1, log_jacobian = conditional_map(jnp, w, h, q, r)
     # log N(c | b, L L') with L = [[tau0, 0], [l10, l11]]: solve L z = c - b.
     z0 = (c0 - h["b0"]) / h["tau0"]
     z1 = (c1 - h["b1"] - h["l10"] * z0) / h["l11"]
     units = -0.5 * jnp.sum(z0 * z0 + z1 * z1) - n_units * (jnp.log(h["tau0"]) + jnp.log(h["l11"]))
-    numpyro.factor("units", units)
+    numpyro.factor("units", units + log_jacobian)
     eta = c0[:, None] + c1[:, None] * time if code is None else c0[code] + c1[code] * time
     # log(1 + e^eta) in single precision, summed in double: XLA's double-precision exp/log1p on CPU cost ~3x more
     # and dominated the gradient; the rounding (~1e-7 per row, ~1e-3 on a log density of 10^6 rows) is far below
@@ -843,8 +844,17 @@ def _gaussian_unit_moments(stats: FloatArray, hyper: dict[str, FloatArray]) -> t
 
 
 def _binomial_unit_draws(samples: dict[str, FloatArray], laplace: UnitLaplace) -> FloatArray:
-    """Unit coefficients ``c_i = m_i + L_i w_i`` per draw from the sampled ``w``: (chains, draws, units, 2)."""
-    return laplace.coefficients(samples["w"])
+    """Unit coefficients ``c_i = mu_i(h) + U_i(h)^-T w_i`` per draw from the sampled ``w`` and population
+    parameters: (chains, draws, units, 2), 50 draws at a time (its temporaries are a dozen (draws, units) arrays)."""
+    chains, draws = samples["w"].shape[:2]
+    out = np.empty(samples["w"].shape)
+    for chain in range(chains):
+        for start in range(0, draws, 50):
+            part = slice(start, start + 50)
+            h = {k: samples[k][chain, part, None] for k in ("b0", "b1", "tau0", "l10", "l11")}
+            c0, c1, _ = conditional_map(np, samples["w"][chain, part], h, laplace.q, laplace.r)
+            out[chain, part, :, 0], out[chain, part, :, 1] = c0, c1
+    return out
 
 
 def _binomial_kernel(
@@ -868,7 +878,11 @@ def _binomial_kernel(
     l11 = math.sqrt(max(cov[1, 1] - l10 * l10, 1e-12))
     # Unconstrained coordinates (tau0 and l11 are positive: log scale).
     centre = {"b0": laplace.b[0], "b1": laplace.b[1], "l10": l10, "tau0": math.log(tau0), "l11": math.log(l11)}
-    within = np.mean(np.einsum("uij,ukj->uik", laplace.chol, laplace.chol), axis=0)
+    prior = np.linalg.inv(cov)
+    posterior = np.stack([laplace.q[:, 0] + prior[0, 0], laplace.q[:, 1] + prior[0, 1], laplace.q[:, 2] + prior[1, 1]])
+    det = posterior[0] * posterior[2] - posterior[1] ** 2
+    within = np.array([[np.mean(posterior[2] / det), np.mean(-posterior[1] / det)], [0.0, np.mean(posterior[0] / det)]])
+    within[1, 0] = within[0, 1]
     total = cov + within
     rough = {
         "b0": math.sqrt(total[0, 0] / n),
@@ -898,7 +912,7 @@ def _binomial_kernel(
         # posterior variances, which shrink like 1 / units.
         regularize_mass_matrix=False,
     )
-    kwargs = {"init_params": init, "mode": jnp.asarray(laplace.mode), "chol": jnp.asarray(laplace.chol)}
+    kwargs = {"init_params": init, "q": jnp.asarray(laplace.q), "r": jnp.asarray(laplace.r)}
     kwargs |= {k: jnp.asarray(v) for k, v in _binomial_layout(data).items()}
     return kernel, kwargs
 
