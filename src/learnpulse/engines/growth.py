@@ -70,7 +70,7 @@ import pandas as pd
 from scipy.special import expit, logit, ndtr, ndtri
 
 from learnpulse.engines.base import check_fitted, envelope, float_vector, open_envelope
-from learnpulse.engines.growth_laplace import UnitLaplace, conditional_map, unit_laplace
+from learnpulse.engines.growth_laplace import UnitLaplace, conditional_map, mean_inverse, unit_laplace
 from learnpulse.engines.mcmc_diagnostics import chain_diagnostics
 from learnpulse.errors import InsufficientDataError, InvalidInputError
 
@@ -879,11 +879,7 @@ def _binomial_kernel(
     # Unconstrained coordinates (tau0 and l11 are positive: log scale).
     centre = {"b0": laplace.b[0], "b1": laplace.b[1], "l10": l10, "tau0": math.log(tau0), "l11": math.log(l11)}
     prior = np.linalg.inv(cov)
-    posterior = np.stack([laplace.q[:, 0] + prior[0, 0], laplace.q[:, 1] + prior[0, 1], laplace.q[:, 2] + prior[1, 1]])
-    det = posterior[0] * posterior[2] - posterior[1] ** 2
-    within = np.array([[np.mean(posterior[2] / det), np.mean(-posterior[1] / det)], [0.0, np.mean(posterior[0] / det)]])
-    within[1, 0] = within[0, 1]
-    total = cov + within
+    total = cov + mean_inverse(laplace.q + prior[[0, 0, 1], [0, 1, 1]])  # population + average posterior covariance
     rough = {
         "b0": math.sqrt(total[0, 0] / n),
         "b1": math.sqrt(total[1, 1] / n),

@@ -79,6 +79,13 @@ def _inverse_2x2(a: FloatArray, b: FloatArray, d: FloatArray) -> tuple[FloatArra
     return d / det, -b / det, a / det
 
 
+def mean_inverse(info: FloatArray) -> FloatArray:
+    """The average (2, 2) of the inverses of symmetric 2 x 2 matrices given by their entries (units, 3: 00, 01, 11):
+    e.g. the mean posterior covariance from per-unit information matrices."""
+    i00, i01, i11 = _inverse_2x2(info[:, 0], info[:, 1], info[:, 2])
+    return np.array([[i00.mean(), i01.mean()], [i01.mean(), i11.mean()]])
+
+
 def _newton(  # noqa: PLR0917 - the data's columns, as unit_laplace receives them
     code: IntArray, time: FloatArray, y: FloatArray, trials: FloatArray, n_units: int, b: FloatArray, cov: FloatArray
 ) -> tuple[FloatArray, FloatArray]:
@@ -118,8 +125,7 @@ def _newton(  # noqa: PLR0917 - the data's columns, as unit_laplace receives the
 def _population(mode: FloatArray, hess: FloatArray, floor: FloatArray) -> tuple[FloatArray, FloatArray]:
     """Moment estimates: ``b`` = mean of the modes, ``S`` = their covariance less the average posterior covariance
     (the modes scatter by both), its eigenvalues kept above ``floor``'s so that ``S`` stays a valid prior."""
-    i00, i01, i11 = _inverse_2x2(hess[:, 0], hess[:, 1], hess[:, 2])
-    within = np.array([[i00.mean(), i01.mean()], [i01.mean(), i11.mean()]])
+    within = mean_inverse(hess)
     scatter = np.cov(mode, rowvar=False) if len(mode) > 1 else np.zeros((2, 2))
     values, vectors = np.linalg.eigh(scatter - within)
     floor_values = np.linalg.eigvalsh(floor)
