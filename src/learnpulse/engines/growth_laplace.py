@@ -91,35 +91,28 @@ def _newton(  # noqa: PLR0917 - the data's columns, as unit_laplace receives the
 ) -> tuple[FloatArray, FloatArray]:
     """Modes (units, 2) and negative Hessians (units, 3: entries 00, 01, 11) of every unit's log posterior under the
     prior ``N(b, cov)``."""
-    p00, p01, p11 = _inverse_2x2(cov[0, 0], cov[0, 1], cov[1, 1])
-    c = np.tile(b, (n_units, 1))
-    t2 = time * time
-    for _ in range(_NEWTON_ITERATIONS):
+    prior = np.array(_inverse_2x2(cov[0, 0], cov[0, 1], cov[1, 1]))
+    x = (np.ones_like(time), time, time * time)  # the row weights of the 00, 01 and 11 entries
+
+    def information(c: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Each row's residual ``y - n p`` and each unit's negative Hessian (units, 3), prior included, at ``c``."""
         p = expit(c[code, 0] + c[code, 1] * time)
-        resid, weight = y - trials * p, trials * p * (1.0 - p)
+        weight = trials * p * (1.0 - p)
+        return y - trials * p, np.stack([np.bincount(code, weight * v, n_units) for v in x], axis=1) + prior
+
+    c = np.tile(b, (n_units, 1))
+    for _ in range(_NEWTON_ITERATIONS):
+        resid, hess = information(c)
         d0, d1 = c[:, 0] - b[0], c[:, 1] - b[1]
-        g0 = np.bincount(code, resid, n_units) - (p00 * d0 + p01 * d1)
-        g1 = np.bincount(code, resid * time, n_units) - (p01 * d0 + p11 * d1)
-        h00 = np.bincount(code, weight, n_units) + p00
-        h01 = np.bincount(code, weight * time, n_units) + p01
-        h11 = np.bincount(code, weight * t2, n_units) + p11
-        i00, i01, i11 = _inverse_2x2(h00, h01, h11)
+        g0 = np.bincount(code, resid, n_units) - (prior[0] * d0 + prior[1] * d1)
+        g1 = np.bincount(code, resid * time, n_units) - (prior[1] * d0 + prior[2] * d1)
+        i00, i01, i11 = _inverse_2x2(hess[:, 0], hess[:, 1], hess[:, 2])
         step = np.stack([i00 * g0 + i01 * g1, i01 * g0 + i11 * g1], axis=1)
         size = np.abs(step).max(axis=1, keepdims=True)
         c += step * np.minimum(1.0, _MAX_STEP / np.maximum(size, 1e-300))
         if float(size.max()) < _TOLERANCE:
             break
-    p = expit(c[code, 0] + c[code, 1] * time)
-    weight = trials * p * (1.0 - p)
-    hess = np.stack(
-        [
-            np.bincount(code, weight, n_units) + p00,
-            np.bincount(code, weight * time, n_units) + p01,
-            np.bincount(code, weight * t2, n_units) + p11,
-        ],
-        axis=1,
-    )
-    return c, hess
+    return c, information(c)[1]
 
 
 def _population(mode: FloatArray, hess: FloatArray, floor: FloatArray) -> tuple[FloatArray, FloatArray]:
