@@ -185,12 +185,27 @@ def prepare_data(
 # --- NumPyro models (imported lazily: JAX start-up costs ~1 s and is only needed to fit) ---------------------------
 
 
+def _jaxlib_at_least(major: int, minor: int) -> bool:
+    """Whether the installed jaxlib is at least ``major.minor`` (XLA aborts on flags it does not know)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        parts = version("jaxlib").split(".")[:2]
+        return (int(parts[0]), int(parts[1])) >= (major, minor)
+    except (PackageNotFoundError, ValueError, IndexError):
+        return False
+
+
 def _jax() -> Any:
     # Two host devices let the chains run in parallel on the two cores; must be set before JAX starts.
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
-        count = max(2, os.cpu_count() or 1)
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+        flags += f" --xla_force_host_platform_device_count={max(2, os.cpu_count() or 1)}"
+    if "xla_cpu_experimental_ynn_fusion_type" not in flags and _jaxlib_at_least(0, 10):
+        # XLA 0.10's YNNPACK fusions made the binomial sampler's gradient 2-3x slower (they materialise broadcast
+        # constants and split the row pass into several): 22 -> 10 ms at 100,000 units x 12 weeks (bench/RESULTS.md).
+        flags += " --xla_cpu_experimental_ynn_fusion_type="
+    os.environ["XLA_FLAGS"] = flags.strip()
     import jax
     import numpyro
 
@@ -279,30 +294,32 @@ def _binomial_model(
     conditional posterior given the population parameters ``h``, from its likelihood's Gaussian approximation
     ``(q_i, r_i)`` (:mod:`learnpulse.engines.growth_laplace`). The density is the model's own, ``N(c_i | b, Sigma)``
     times the binomial likelihood, in ``(h, w)`` with the change of variables' log Jacobian added, without the
-    binomial coefficients (constant). Data: ``time, y, trials`` either (units, rows) padded with ``trials = 0``
-    (``code=None``: no gather, whose gradient, a scatter-add, dominated the cost on CPU) or flat rows with each row's
-    unit index ``code``."""
-    import jax
+    binomial coefficients (constant). Data: ``time, y, trials`` as :func:`_binomial_layout` gives them: a units x
+    times grid (``code=None``: no gather, whose gradient, a scatter-add, dominated the cost on CPU) or flat rows
+    with each row's unit index ``code``. ``q`` and ``r`` in single precision.
+
+    The per-unit arithmetic runs in single precision and is summed in double: at 100,000 units it is dozens of
+    passes over (units,) arrays per gradient, memory-bound, and half the bytes halve it; the rounding (~1e-7
+    relative per unit) is far below the energy errors NUTS tolerates."""
     import jax.numpy as jnp
     import numpyro
     import numpyro.distributions as dist
     from numpyro.distributions import constraints
 
+    from learnpulse.engines.binomial_loglik import binomial_loglik
+
     h = _hyper_sites(priors, loc, gaussian=False)
     n_units = q.shape[0]
     w = numpyro.sample("w", dist.ImproperUniform(constraints.real, (), (n_units, 2)))
-    c0, c1, log_jacobian = conditional_map(jnp, w, h, q, r)
+    single = {k: jnp.asarray(h[k], jnp.float32) for k in ("b0", "b1", "tau0", "l10", "l11")}
+    c0, c1, log_jacobian = conditional_map(jnp, w.astype(jnp.float32), single, q, r)
     # log N(c | b, L L') with L = [[tau0, 0], [l10, l11]]: solve L z = c - b.
-    z0 = (c0 - h["b0"]) / h["tau0"]
-    z1 = (c1 - h["b1"] - h["l10"] * z0) / h["l11"]
-    units = -0.5 * jnp.sum(z0 * z0 + z1 * z1) - n_units * (jnp.log(h["tau0"]) + jnp.log(h["l11"]))
+    z0 = (c0 - single["b0"]) / single["tau0"]
+    z1 = (c1 - single["b1"] - single["l10"] * z0) / single["l11"]
+    squares = jnp.sum((z0 * z0 + z1 * z1).astype(jnp.float64))
+    units = -0.5 * squares - n_units * (jnp.log(h["tau0"]) + jnp.log(h["l11"]))
     numpyro.factor("units", units + log_jacobian)
-    eta = c0[:, None] + c1[:, None] * time if code is None else c0[code] + c1[code] * time
-    # log(1 + e^eta) in single precision, summed in double: XLA's double-precision exp/log1p on CPU cost ~3x more
-    # and dominated the gradient; the rounding (~1e-7 per row, ~1e-3 on a log density of 10^6 rows) is far below
-    # the energy errors NUTS tolerates (~0.1).
-    softplus = jax.nn.softplus(eta.astype(jnp.float32)).astype(eta.dtype)
-    numpyro.factor("y", jnp.sum(y * eta - trials * softplus))
+    numpyro.factor("y", binomial_loglik(c0, c1, time, y, trials, code))
 
 
 @dataclass
@@ -908,27 +925,35 @@ def _binomial_kernel(
         # posterior variances, which shrink like 1 / units.
         regularize_mass_matrix=False,
     )
-    kwargs = {"init_params": init, "q": jnp.asarray(laplace.q), "r": jnp.asarray(laplace.r)}
+    # The approximations in single precision (see _binomial_model).
+    kwargs = {"init_params": init, "q": jnp.asarray(laplace.q, jnp.float32), "r": jnp.asarray(laplace.r, jnp.float32)}
     kwargs |= {k: jnp.asarray(v) for k, v in _binomial_layout(data).items()}
     return kernel, kwargs
 
 
 def _binomial_layout(data: GrowthData) -> dict[str, npt.NDArray[Any]]:
-    """The rows as (units, max rows per unit) matrices, padded with ``trials = y = 0`` rows (which add nothing to
-    the likelihood), when that is at most twice the rows (weekly data: every unit has about the same number);
-    otherwise the flat rows with their unit index ``code``."""
+    """The rows for :func:`_binomial_model`, in as few bytes as they allow (the sampler reads them at every step).
+
+    When every unit has rows at about the same times (weekly data: units x distinct times at most twice the rows):
+    ``time`` (distinct times,) and ``y``, ``trials`` as (units, distinct times) matrices, zero where a unit has no
+    row; rows of one unit at one time are added up, which leaves the likelihood unchanged (both are linear in
+    ``(y, trials)`` at a given ``eta``). Otherwise the flat rows with each row's unit index ``code``. Counts are
+    16-bit integers when they fit (the sampler converts them as it reads), times single precision."""
     assert data.trials is not None
     n_units = len(data.units)
-    counts = np.bincount(data.code, minlength=n_units)
-    width = int(counts.max())
-    if n_units * width > 2 * len(data.code):
-        return {"time": data.time, "y": data.y, "trials": data.trials, "code": data.code}
-    order = np.argsort(data.code, kind="stable")
-    unit = data.code[order]
-    slot = np.arange(len(unit)) - (np.cumsum(counts) - counts)[unit]
-    out = {}
-    for name, values in (("time", data.time), ("y", data.y), ("trials", data.trials)):
-        dense = np.zeros((n_units, width))
-        dense[unit, slot] = values[order]
-        out[name] = dense
-    return out
+    times, column = np.unique(data.time, return_inverse=True)
+    y: npt.NDArray[Any]
+    trials: npt.NDArray[Any]
+    out: dict[str, npt.NDArray[Any]]
+    if n_units * len(times) <= 2 * len(data.code):
+        cell = data.code * len(times) + column
+        y, trials = (
+            np.bincount(cell, weights=v, minlength=n_units * len(times)).reshape(n_units, len(times))
+            for v in (data.y, data.trials)
+        )
+        out = {"time": times.astype(np.float32)}
+    else:
+        y, trials = data.y, data.trials
+        out = {"time": data.time.astype(np.float32), "code": data.code}
+    counts = np.int16 if float(trials.max()) <= np.iinfo(np.int16).max else np.float32
+    return out | {"y": y.astype(counts), "trials": trials.astype(counts)}

@@ -52,7 +52,8 @@ def conditional_map(xp: Any, w: Any, h: dict[str, Any], q: Any, r: Any) -> tuple
 
     ``xp``: ``numpy`` or ``jax.numpy`` (the sampler and the draws share this one function). ``w``: (..., units, 2);
     ``h``: ``b0, b1, tau0, l10, l11`` (``Sigma = L L'``, ``L = [[tau0, 0], [l10, l11]]``), each shaped (..., 1) or
-    scalar; ``q``: (units, 3); ``r``: (units, 2). Returns ``c0``, ``c1`` (..., units) and the log Jacobian (...)."""
+    scalar; ``q``: (units, 3); ``r``: (units, 2), all of one float dtype, in which ``c`` is computed. Returns ``c0``,
+    ``c1`` (..., units) and the log Jacobian (...), summed in double."""
     tau0, l10, l11 = h["tau0"], h["l10"], h["l11"]
     # Sigma^-1 = L^-T L^-1 for the lower-triangular L.
     s00 = 1.0 / (tau0 * tau0) + (l10 * l10) / (tau0 * tau0 * l11 * l11)
@@ -69,7 +70,8 @@ def conditional_map(xp: Any, w: Any, h: dict[str, Any], q: Any, r: Any) -> tuple
     u11 = xp.sqrt(p11 - u10 * u10)
     x1 = w[..., 1] / u11  # solve U' x = w (U' upper triangular)
     x0 = (w[..., 0] - u10 * x1) / u00
-    log_jacobian = -xp.sum(xp.log(u00) + xp.log(u11), axis=-1)
+    # Summed in double whatever the working precision: ~10^5 terms.
+    log_jacobian = -xp.sum((xp.log(u00) + xp.log(u11)).astype("float64"), axis=-1)
     return mu0 + x0, mu1 + x1, log_jacobian
 
 
