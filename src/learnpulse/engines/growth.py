@@ -202,8 +202,9 @@ def _jax() -> Any:
     if "xla_force_host_platform_device_count" not in flags:
         flags += f" --xla_force_host_platform_device_count={max(2, os.cpu_count() or 1)}"
     if "xla_cpu_experimental_ynn_fusion_type" not in flags and _jaxlib_at_least(0, 10):
-        # XLA 0.10's YNNPACK fusions made the binomial sampler's gradient 2-3x slower (they materialise broadcast
-        # constants and split the row pass into several): 22 -> 10 ms at 100,000 units x 12 weeks (bench/RESULTS.md).
+        # XLA 0.10's YNNPACK fusions slow the binomial sampler's gradient (they materialise broadcast constants and
+        # split the row pass): 6.7 -> 4.1 ms at 100,000 units x 12 weeks, 9.9 -> 7.8 ms with both chains running
+        # (bench/growth_gradient.py); the gaussian fits gain too (bench/RESULTS.md).
         flags += " --xla_cpu_experimental_ynn_fusion_type="
     os.environ["XLA_FLAGS"] = flags.strip()
     import jax

@@ -1,0 +1,138 @@
+"""Benchmark: one gradient of the binomial growth sampler's log density (issue 5), the step NUTS repeats ~63 times
+per draw at 100,000 students x 12 weeks.
+
+Compared in the same run, each in its own process (XLA reads its flags once, at start):
+- ``ours``: the engine's model as it samples (engines/binomial_loglik.py: one row pass with its own gradient, counts
+  on a units x weeks grid in 16 bits, per-unit arithmetic in single precision) under the XLA flags the engine sets;
+- ``ours, YNN fusions on``: the same with XLA's default fusions;
+- ``autodiff``: the naive use of the library, the same model written plainly (NumPyro/JAX autodiff of
+  ``y * eta - n * softplus(eta)`` in double precision over the flat rows, as a textbook model would be), with
+  the engine's flags; and ``autodiff, YNN fusions on`` with XLA's defaults.
+Reported: milliseconds per gradient (median of 5 rounds of 20, after compilation), with one process on the machine
+(XLA may then spread an operation over both cores) and with two processes at once (as the sampler's two chains
+run, one per core), and the log density each computes (they must agree).
+
+    .venv/bin/python bench/growth_gradient.py [--students 100000] [--weeks 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+VARIANTS = {
+    "ours": ("ours", True),
+    "ours, YNN fusions on": ("ours", False),
+    "autodiff": ("autodiff", True),
+    "autodiff, YNN fusions on": ("autodiff", False),
+}
+
+
+def _autodiff_model(*, time: Any, y: Any, trials: Any, code: Any, q: Any, r: Any, priors: Any, loc: float) -> None:
+    """The engine's model with the textbook likelihood: flat double-precision rows, JAX differentiates."""
+    import jax
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.distributions import constraints
+
+    from learnpulse.engines.growth import _hyper_sites
+    from learnpulse.engines.growth_laplace import conditional_map
+
+    h = _hyper_sites(priors, loc, gaussian=False)
+    w = numpyro.sample("w", dist.ImproperUniform(constraints.real, (), (q.shape[0], 2)))
+    c0, c1, log_jacobian = conditional_map(jnp, w, h, q, r)
+    z0 = (c0 - h["b0"]) / h["tau0"]
+    z1 = (c1 - h["b1"] - h["l10"] * z0) / h["l11"]
+    units = -0.5 * jnp.sum(z0 * z0 + z1 * z1) - q.shape[0] * (jnp.log(h["tau0"]) + jnp.log(h["l11"]))
+    numpyro.factor("units", units + log_jacobian)
+    eta = c0[code] + c1[code] * time
+    numpyro.factor("y", jnp.sum(y * eta - trials * jax.nn.softplus(eta)))
+
+
+def measure(variant: str, engine_flags: bool, students: int, weeks: int) -> dict[str, float]:
+    """Runs in a child process: ms per gradient and the log density. ``engine_flags=False`` keeps XLA's default
+    fusions (the engine's ``_jax`` adds its flag only for the jaxlib versions it knows; it is told this is none)."""
+    from growth import simulate  # bench/growth.py
+    from learnpulse.engines import growth
+    from learnpulse.engines.growth_laplace import unit_laplace
+
+    if not engine_flags:
+        growth._jaxlib_at_least = lambda major, minor: False
+    jax = growth._jax()
+    import jax.numpy as jnp
+    from numpyro.infer.util import initialize_model
+
+    frame = simulate(students, weeks)
+    data = growth.prepare_data("binomial", frame["unit"], frame["time"], frame["correct"], frame["trials"])
+    laplace = unit_laplace(data.code, data.time, data.y, data.trials, len(data.units), 0.0)
+    model = growth.GrowthModel(family="binomial", iter=1000, chains=2)
+    _, kwargs = growth._binomial_kernel(data, laplace, model, 0.0)
+    init = {k: v[0] for k, v in kwargs.pop("init_params").items()}
+    if variant == "ours":
+        fn = functools.partial(growth._binomial_model, priors=model.priors, loc=0.0)
+    else:
+        fn = functools.partial(_autodiff_model, priors=model.priors, loc=0.0)
+        kwargs = {"q": jnp.asarray(laplace.q), "r": jnp.asarray(laplace.r), "code": jnp.asarray(data.code)}
+        kwargs |= {k: jnp.asarray(getattr(data, k)) for k in ("time", "y", "trials")}
+    info = initialize_model(jax.random.PRNGKey(0), fn, model_kwargs=kwargs, dynamic_args=False)
+    grad = jax.jit(jax.value_and_grad(info.potential_fn))
+    value, g = grad(init)
+    jax.block_until_ready(g)
+    rounds = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(20):
+            value, g = grad(init)
+        jax.block_until_ready(g)
+        rounds.append((time.perf_counter() - started) / 20 * 1e3)
+    return {"ms": float(np.median(rounds)), "log_density": -float(value)}
+
+
+def _spawn(variant: str, engine_flags: bool, students: int, weeks: int) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # XLA as the sampler runs it
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import growth_gradient; "
+        f"print(json.dumps(growth_gradient.measure({variant!r}, {engine_flags}, {students}, {weeks})))"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+
+
+def _collect(processes: list[subprocess.Popen[str]]) -> list[dict[str, float]]:
+    out = []
+    for p in processes:
+        stdout, _ = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit(f"a measurement failed (exit {p.returncode})")
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--students", type=int, default=100_000)
+    parser.add_argument("--weeks", type=int, default=12)
+    args = parser.parse_args(argv)
+    print(f"## Binomial growth: one gradient of the log density, {args.students:,} students x {args.weeks} weeks\n")
+    print("| variant | ms, one process | ms each, two processes at once | log density |")
+    print("| --- | --- | --- | --- |")
+    for label, (variant, engine_flags) in VARIANTS.items():
+        (alone,) = _collect([_spawn(variant, engine_flags, args.students, args.weeks)])
+        pair = _collect([_spawn(variant, engine_flags, args.students, args.weeks) for _ in range(2)])
+        both = " / ".join(f"{m['ms']:.1f}" for m in pair)
+        print(f"| {label} | {alone['ms']:.1f} | {both} | {alone['log_density']:,.3f} |")
+
+
+if __name__ == "__main__":
+    main()
