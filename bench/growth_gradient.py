@@ -8,6 +8,10 @@ Compared in the same run, each in its own process (XLA reads its flags once, at 
 - ``autodiff``: the naive use of the library, the same model written plainly (NumPyro/JAX autodiff of
   ``y * eta - n * softplus(eta)`` in double precision over the flat rows, as a textbook model would be), with
   the engine's flags; and ``autodiff, YNN fusions on`` with XLA's defaults.
+Also: NumPyro NUTS's leapfrog steps per draw on a standard normal of 2,000, 20,000 and 200,000 dimensions (the unit
+coefficients of 1,000, 10,000 and 100,000 students; target acceptance 0.8, 300 warm-up + 200 draws): the number of
+gradients a draw costs even when the reparameterisation is perfect.
+
 Reported: milliseconds per gradient (median of 5 rounds of 20, after compilation), with one process on the machine
 (XLA may then spread an operation over both cores) and with two processes at once (as the sampler's two chains
 run, one per core), and the log density each computes (they must agree).
@@ -119,6 +123,24 @@ def _collect(processes: list[subprocess.Popen[str]]) -> list[dict[str, float]]:
     return out
 
 
+def nuts_steps(dims: int) -> dict[str, float]:
+    """NUTS on a ``dims``-dimensional standard normal: mean leapfrog steps per draw and the adapted step size."""
+    from learnpulse.engines import growth
+
+    jax = growth._jax()
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.infer import MCMC, NUTS
+
+    def model() -> None:
+        numpyro.sample("x", dist.Normal(0.0, 1.0).expand([dims]))
+
+    mcmc = MCMC(NUTS(model, target_accept_prob=0.8), num_warmup=300, num_samples=200, progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(0), extra_fields=("num_steps", "adapt_state.step_size"))
+    extra = mcmc.get_extra_fields()
+    return {"steps": float(np.mean(extra["num_steps"])), "step_size": float(extra["adapt_state.step_size"][-1])}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--students", type=int, default=100_000)
@@ -132,6 +154,11 @@ def main(argv: list[str] | None = None) -> None:
         pair = _collect([_spawn(variant, engine_flags, args.students, args.weeks) for _ in range(2)])
         both = " / ".join(f"{m['ms']:.1f}" for m in pair)
         print(f"| {label} | {alone['ms']:.1f} | {both} | {alone['log_density']:,.3f} |")
+    print("\n| dimensions (standard normal) | NUTS leapfrog steps per draw | step size |")
+    print("| --- | --- | --- |")
+    for dims in (2_000, 20_000, 200_000):
+        found = nuts_steps(dims)
+        print(f"| {dims:,} | {found['steps']:.1f} | {found['step_size']:.3f} |")
 
 
 if __name__ == "__main__":

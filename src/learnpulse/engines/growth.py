@@ -35,6 +35,8 @@ combines a fixed Gaussian approximation of the unit's likelihood (at its Laplace
 the posterior is the model's own, but every ``w_i`` is near standard normal and nearly independent of ``h``,
 whether the unit has 500 answers or 5: no funnel between the SDs and the units' effects (brms's non-centred
 ``u_i = L z_i`` has none only for units with little data), one dense mass-matrix block for the population.
+Each gradient is one pass over the rows that yields the likelihood and its gradient together
+(:mod:`learnpulse.engines.binomial_loglik`), the cost of the binomial family at scale.
 
 **Per-unit posterior.** Predictions use, for every unit, the posterior mean ``m_i`` and covariance ``V_i`` of its
 coefficients ``c_i = (b0 + u0_i, b1 + u1_i)`` (exact first two moments) and treat ``c_i`` as bivariate normal; a unit
@@ -202,9 +204,11 @@ def _jax() -> Any:
     if "xla_force_host_platform_device_count" not in flags:
         flags += f" --xla_force_host_platform_device_count={max(2, os.cpu_count() or 1)}"
     if "xla_cpu_experimental_ynn_fusion_type" not in flags and _jaxlib_at_least(0, 10):
-        # XLA 0.10's YNNPACK fusions slow the binomial sampler's gradient (they materialise broadcast constants and
-        # split the row pass): 6.7 -> 4.1 ms at 100,000 units x 12 weeks, 9.9 -> 7.8 ms with both chains running
-        # (bench/growth_gradient.py); the gaussian fits gain too (bench/RESULTS.md).
+        # XLA 0.10's YNNPACK fusions slow the binomial sampler's gradient on large data (they materialise
+        # broadcast constants and split the row pass): at 100,000 units x 12 weeks with both chains running, ~10-12
+        # -> ~7-9 ms (bench/growth_gradient.py); a 10,000-student fit 55 -> 42-47 s. They help small fits a little
+        # (1,000 students: 7-8 s with them, 10-12 s without) and leave the gaussian family as it is; the flag is
+        # process-wide, so it is set for the case where the time matters.
         flags += " --xla_cpu_experimental_ynn_fusion_type="
     os.environ["XLA_FLAGS"] = flags.strip()
     import jax
