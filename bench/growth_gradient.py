@@ -51,16 +51,13 @@ def _autodiff_model(*, time: Any, y: Any, trials: Any, code: Any, q: Any, r: Any
     import numpyro.distributions as dist
     from numpyro.distributions import constraints
 
-    from learnpulse.engines.growth import _hyper_sites
+    from learnpulse.engines.growth import _hyper_sites, _units_log_density
     from learnpulse.engines.growth_laplace import conditional_map
 
     h = _hyper_sites(priors, loc, gaussian=False)
     w = numpyro.sample("w", dist.ImproperUniform(constraints.real, (), (q.shape[0], 2)))
     c0, c1, log_jacobian = conditional_map(jnp, w, h, q, r)
-    z0 = (c0 - h["b0"]) / h["tau0"]
-    z1 = (c1 - h["b1"] - h["l10"] * z0) / h["l11"]
-    units = -0.5 * jnp.sum(z0 * z0 + z1 * z1) - q.shape[0] * (jnp.log(h["tau0"]) + jnp.log(h["l11"]))
-    numpyro.factor("units", units + log_jacobian)
+    numpyro.factor("units", _units_log_density(c0, c1, h) + log_jacobian)  # the engine's, in double here
     eta = c0[code] + c1[code] * time
     numpyro.factor("y", jnp.sum(y * eta - trials * jax.nn.softplus(eta)))
 

@@ -318,13 +318,20 @@ def _binomial_model(
     w = numpyro.sample("w", dist.ImproperUniform(constraints.real, (), (n_units, 2)))
     single = {k: jnp.asarray(h[k], jnp.float32) for k in ("b0", "b1", "tau0", "l10", "l11")}
     c0, c1, log_jacobian = conditional_map(jnp, w.astype(jnp.float32), single, q, r)
-    # log N(c | b, L L') with L = [[tau0, 0], [l10, l11]]: solve L z = c - b.
-    z0 = (c0 - single["b0"]) / single["tau0"]
-    z1 = (c1 - single["b1"] - single["l10"] * z0) / single["l11"]
-    squares = jnp.sum((z0 * z0 + z1 * z1).astype(jnp.float64))
-    units = -0.5 * squares - n_units * (jnp.log(h["tau0"]) + jnp.log(h["l11"]))
-    numpyro.factor("units", units + log_jacobian)
+    numpyro.factor("units", _units_log_density(c0, c1, h) + log_jacobian)
     numpyro.factor("y", binomial_loglik(c0, c1, time, y, trials, code))
+
+
+def _units_log_density(c0: Any, c1: Any, h: dict[str, Any]) -> Any:
+    """``sum_i log N(c_i | b, L L')`` without its constant, ``L = [[tau0, 0], [l10, l11]]``: ``z = L^-1 (c - b)``
+    in the dtype of ``c0, c1`` (units,), the sum and ``-units log det L`` in double."""
+    import jax.numpy as jnp
+
+    b0, b1, tau0, l10, l11 = (jnp.asarray(h[k], c0.dtype) for k in ("b0", "b1", "tau0", "l10", "l11"))
+    z0 = (c0 - b0) / tau0
+    z1 = (c1 - b1 - l10 * z0) / l11
+    squares = jnp.sum((z0 * z0 + z1 * z1).astype(jnp.float64))
+    return -0.5 * squares - c0.shape[-1] * (jnp.log(h["tau0"]) + jnp.log(h["l11"]))
 
 
 @dataclass
