@@ -10,7 +10,10 @@ Compared in the same run, each in its own process (XLA reads its flags once, at 
   the engine's flags; and ``autodiff, YNN fusions on`` with XLA's defaults.
 Also: NumPyro NUTS's leapfrog steps per draw on a standard normal of 2,000, 20,000 and 200,000 dimensions (the unit
 coefficients of 1,000, 10,000 and 100,000 students; target acceptance 0.8, 300 warm-up + 200 draws): the number of
-gradients a draw costs even when the reparameterisation is perfect.
+gradients a draw costs even when the reparameterisation is perfect. And NUTS's own cost per step at the sampler's
+dimension (two per student), the gradient being free (a standard normal): NumPyro with one chain alone and two at
+once, and nutpie (Rust NUTS, the other library issue 5 names) the same way when it is installed. Times that figure
+by the steps of 2 chains x 1,000 iterations and it is the floor of a fit before any gradient is computed.
 
 Reported: milliseconds per gradient (median of 5 rounds of 20, after compilation), with one process on the machine
 (XLA may then spread an operation over both cores) and with two processes at once (as the sampler's two chains
@@ -120,22 +123,65 @@ def _collect(processes: list[subprocess.Popen[str]]) -> list[dict[str, float]]:
     return out
 
 
-def nuts_steps(dims: int) -> dict[str, float]:
-    """NUTS on a ``dims``-dimensional standard normal: mean leapfrog steps per draw and the adapted step size."""
+def nuts_steps(dims: int, chains: int = 1) -> dict[str, float]:
+    """NumPyro NUTS on a ``dims``-dimensional standard normal, ``chains`` at once (one per core): mean leapfrog
+    steps per draw, the adapted step size, and milliseconds per step of one chain in the 200 draws after the 300
+    warm-up draws. The potential's gradient is ``x`` itself (~0.1 ms at 200,000): the time is NUTS's own work."""
     from learnpulse.engines import growth
 
     jax = growth._jax()
-    import numpyro
-    import numpyro.distributions as dist
+    import jax.numpy as jnp
     from numpyro.infer import MCMC, NUTS
 
-    def model() -> None:
-        numpyro.sample("x", dist.Normal(0.0, 1.0).expand([dims]))
+    def potential(z: dict[str, Any]) -> Any:
+        return 0.5 * jnp.sum(z["x"] * z["x"])
 
-    mcmc = MCMC(NUTS(model, target_accept_prob=0.8), num_warmup=300, num_samples=200, progress_bar=False)
-    mcmc.run(jax.random.PRNGKey(0), extra_fields=("num_steps", "adapt_state.step_size"))
-    extra = mcmc.get_extra_fields()
-    return {"steps": float(np.mean(extra["num_steps"])), "step_size": float(extra["adapt_state.step_size"][-1])}
+    mcmc = MCMC(
+        NUTS(potential_fn=potential, target_accept_prob=0.8),
+        num_warmup=300,
+        num_samples=200,
+        num_chains=chains,
+        chain_method="parallel",
+        progress_bar=False,
+    )
+    init = {"x": jnp.full((chains, dims) if chains > 1 else (dims,), 0.5)}
+    mcmc.warmup(jax.random.PRNGKey(0), init_params=init)
+    jax.block_until_ready(mcmc.last_state)
+    started = time.perf_counter()
+    mcmc.run(jax.random.PRNGKey(1), extra_fields=("num_steps", "adapt_state.step_size"))
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    steps = np.asarray(extra["num_steps"])  # waits for the run
+    seconds = time.perf_counter() - started
+    return {
+        "steps": float(steps.mean()),
+        "step_size": float(np.asarray(extra["adapt_state.step_size"])[:, -1].mean()),
+        "ms_per_step": seconds / float(steps.sum(axis=1).max()) * 1e3,
+    }
+
+
+def nutpie_steps(dims: int, chains: int) -> dict[str, float] | None:
+    """The same standard normal with nutpie's NUTS (Rust; the potential a NumPy callback), 300 warm-up + 200 draws
+    per chain: mean steps per draw and milliseconds per step of one chain over the whole run. None when nutpie is
+    not installed (it is not a dependency of learnpulse: ``pip install nutpie`` to include it)."""
+    try:
+        import nutpie
+        from nutpie.compiled_pyfunc import from_pyfunc
+    except ImportError:
+        return None
+
+    def make_logp() -> Any:
+        return lambda x: (-0.5 * float(x @ x), -x)
+
+    def make_expand(seed1: int, seed2: int, chain: int) -> Any:
+        return lambda x: {"x0": x[:1].copy()}  # keep one coordinate: the draws of 200,000 would only cost memory
+
+    model = from_pyfunc(dims, make_logp, make_expand, [np.dtype("float64")], [(1,)], ["x0"])
+    started = time.perf_counter()
+    trace = nutpie.sample(model, draws=200, tune=300, chains=chains, cores=chains, seed=1, progress_bar=False)
+    seconds = time.perf_counter() - started
+    sampled = np.asarray(trace.sample_stats["n_steps"])
+    total = sampled.sum(axis=1) + np.asarray(trace.warmup_sample_stats["n_steps"]).sum(axis=1)
+    return {"steps": float(sampled.mean()), "ms_per_step": seconds / float(total.max()) * 1e3}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -151,11 +197,24 @@ def main(argv: list[str] | None = None) -> None:
         pair = _collect([_spawn(variant, engine_flags, args.students, args.weeks) for _ in range(2)])
         both = " / ".join(f"{m['ms']:.1f}" for m in pair)
         print(f"| {label} | {alone['ms']:.1f} | {both} | {alone['log_density']:,.3f} |")
-    print("\n| dimensions (standard normal) | NUTS leapfrog steps per draw | step size |")
-    print("| --- | --- | --- |")
+    print("\n| dimensions (standard normal) | NUTS leapfrog steps per draw | step size | ms per step, one chain |")
+    print("| --- | --- | --- | --- |")
     for dims in (2_000, 20_000, 200_000):
         found = nuts_steps(dims)
-        print(f"| {dims:,} | {found['steps']:.1f} | {found['step_size']:.3f} |")
+        print(f"| {dims:,} | {found['steps']:.1f} | {found['step_size']:.3f} | {found['ms_per_step']:.2f} |")
+    dims = 2 * args.students
+    print(f"\n### NUTS's own cost per leapfrog step at {dims:,} dimensions (gradient free: a standard normal)\n")
+    print("| sampler | chains at once | steps per draw | ms per step of one chain | s for 2 x 1,000 iterations |")
+    print("| --- | --- | --- | --- | --- |")
+    rows: list[tuple[str, int, dict[str, float] | None]] = [("NumPyro NUTS", c, nuts_steps(dims, c)) for c in (1, 2)]
+    rows += [("nutpie NUTS (Python potential)", c, nutpie_steps(dims, c)) for c in (1, 2)]
+    for label, chains, found in rows:
+        if found is None:
+            print(f"| {label} | {chains} | not installed | | |")
+            continue
+        # 2 chains x 1,000 iterations at this many steps each: sequential with one chain at once, parallel with two
+        total = found["ms_per_step"] * found["steps"] * 1_000 * (2 // chains) / 1e3
+        print(f"| {label} | {chains} | {found['steps']:.1f} | {found['ms_per_step']:.2f} | {total:,.0f} |")
 
 
 if __name__ == "__main__":
