@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -194,6 +195,37 @@ def test_token_from_a_file(engine: Engine, tmp_path: Path, monkeypatch: pytest.M
     with TestClient(create_app(load_settings())) as c:
         assert c.get("/jobs/runs", headers={"Authorization": "Bearer file-token-123"}).status_code == 200
         assert_error(c.get("/jobs/runs", headers=AUTH), 401, "unauthorized")
+
+
+def test_a_rotated_token_file_takes_effect_without_a_restart(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from learnpulse.api import deps
+
+    monkeypatch.setattr(deps, "TOKEN_RECHECK_SECONDS", 0.0)
+    secret = tmp_path / "token"
+    secret.write_text("first-token-123\n")
+    monkeypatch.setenv("LEARNPULSE_API_TOKEN_FILE", str(secret))
+    monkeypatch.setenv("DATABASE_URL", url_of(engine))
+    caplog.set_level(logging.DEBUG)
+    with TestClient(create_app(load_settings())) as c:
+
+        def status(token: str) -> int:
+            return c.get("/jobs/runs", headers={"Authorization": f"Bearer {token}"}).status_code
+
+        assert status("first-token-123") == 200
+        rotated = tmp_path / "token.new"  # as Kubernetes does: a new file swapped in, not the old one rewritten
+        rotated.write_text("second-token-456\n")
+        rotated.replace(secret)
+        assert status("first-token-123") == 401
+        assert status("second-token-456") == 200
+        secret.write_text("")  # a rotation caught halfway: the last good token stays
+        os.utime(secret, ns=(time.time_ns(), time.time_ns() + 1_000_000_000))
+        assert status("second-token-456") == 200
+        secret.unlink()
+        assert status("second-token-456") == 200
+    assert "cannot be used, keeping the previous token" in caplog.text
+    assert "first-token-123" not in caplog.text and "second-token-456" not in caplog.text
 
 
 def test_the_token_is_never_logged(app: FastAPI, caplog: pytest.LogCaptureFixture) -> None:

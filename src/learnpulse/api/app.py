@@ -80,7 +80,7 @@ def create_app(settings: Settings, *, insecure_dev: bool = False) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.read_engine = read_engine
-    app.state.auth = BearerAuth(token)
+    app.state.auth = BearerAuth(token, token_file=settings.learnpulse_api_token_file, read_token=settings.api_token)
     app.state.metrics = metrics = ApiMetrics(read_engine)
 
     install_error_handlers(app)

@@ -11,6 +11,10 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -18,10 +22,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 
 from learnpulse.api.errors import UnauthorizedError
-from learnpulse.errors import InvalidInputError
+from learnpulse.errors import ConfigError, InvalidInputError
 from learnpulse.settings import Settings
 
 REALM = "learnpulse"
+logger = logging.getLogger("learnpulse.api")
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -30,11 +35,64 @@ _bearer = HTTPBearer(
 )
 
 
-class BearerAuth:
-    """Checks bearer tokens in constant time. Holds only a digest of the token, so no repr or dump can show it."""
+TOKEN_RECHECK_SECONDS = 5.0
+"""How often a token file is looked at again (one ``stat``), so a rotated secret takes effect without a restart."""
 
-    def __init__(self, token: str | None) -> None:
-        self._digest = None if token is None else hashlib.sha256(token.encode("utf-8")).digest()
+
+class BearerAuth:
+    """Checks bearer tokens in constant time. Holds only a digest of the token, so no repr or dump can show it.
+
+    With ``token_file`` (a mounted secret, which Kubernetes replaces in place when the secret rotates) the file is
+    looked at again at most every ``TOKEN_RECHECK_SECONDS``; when it has changed, ``read_token`` gives the new token.
+    A changed file that cannot be used (unreadable, empty: a rotation caught halfway) keeps the previous token and
+    logs why, never the token.
+    """
+
+    def __init__(
+        self,
+        token: str | None,
+        *,
+        token_file: Path | None = None,
+        read_token: Callable[[], str | None] | None = None,
+    ) -> None:
+        self._digest = None if token is None else self._digest_of(token)
+        self._token_file = token_file if read_token is not None else None
+        self._read_token = read_token
+        self._signature = self._file_signature()
+        self._next_check = time.monotonic() + TOKEN_RECHECK_SECONDS
+
+    @staticmethod
+    def _digest_of(token: str) -> bytes:
+        return hashlib.sha256(token.encode("utf-8")).digest()
+
+    def _file_signature(self) -> tuple[int, int, int] | None:
+        if self._token_file is None:
+            return None
+        try:
+            found = self._token_file.stat()  # follows the ..data symlink a mounted secret swaps
+        except OSError:
+            return None
+        return (found.st_ino, found.st_mtime_ns, found.st_size)
+
+    def _refresh(self) -> None:
+        if self._token_file is None or self._read_token is None:
+            return
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + TOKEN_RECHECK_SECONDS
+        signature = self._file_signature()
+        if signature == self._signature:
+            return
+        self._signature = signature
+        try:
+            token = self._read_token()
+        except ConfigError as exc:
+            logger.warning("the API token file changed but cannot be used, keeping the previous token: %s", exc)
+            return
+        if token is not None:
+            self._digest = self._digest_of(token)
+            logger.info("API token reloaded from %s", self._token_file)
 
     @property
     def enabled(self) -> bool:
@@ -43,6 +101,7 @@ class BearerAuth:
     def check(self, credentials: HTTPAuthorizationCredentials | None) -> None:
         if self._digest is None:  # insecure development mode without a token
             return
+        self._refresh()
         if credentials is None:
             raise UnauthorizedError(
                 "missing bearer token: send the header Authorization: Bearer <token>",
