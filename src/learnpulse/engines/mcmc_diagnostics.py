@@ -48,7 +48,11 @@ def _normal_scores(x: FloatArray) -> tuple[FloatArray, FloatArray]:
     order = np.argsort(flat, axis=1)
     ordered = np.take_along_axis(flat, order, axis=1)
     position = np.broadcast_to(np.arange(size), flat.shape)
-    scores = np.broadcast_to(ndtri((np.arange(1, size + 1) - 3.0 / 8.0) / (size + 1.0 / 4.0)), flat.shape).copy()
+
+    def score(rank: FloatArray) -> FloatArray:
+        return np.asarray(ndtri((rank - 3.0 / 8.0) / (size + 1.0 / 4.0)), dtype=np.float64)
+
+    scores = np.broadcast_to(score(np.arange(1.0, size + 1.0)), flat.shape).copy()
     changes = np.diff(ordered, axis=1) != 0
     if not changes.all():
         edge = np.ones((len(flat), 1), dtype=bool)
@@ -56,8 +60,7 @@ def _normal_scores(x: FloatArray) -> tuple[FloatArray, FloatArray]:
         end = np.minimum.accumulate(np.where(np.hstack([changes, edge]), position, size - 1)[:, ::-1], axis=1)
         end = end[:, ::-1]
         tied = start != end
-        rank = (start[tied] + end[tied]) / 2.0 + 1.0
-        scores[tied] = ndtri((rank - 3.0 / 8.0) / (size + 1.0 / 4.0))
+        scores[tied] = score((start[tied] + end[tied]) / 2.0 + 1.0)
     out = np.empty_like(flat)
     np.put_along_axis(out, order, scores, axis=1)
     return out.reshape(x.shape), ordered
