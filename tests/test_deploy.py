@@ -31,7 +31,7 @@ DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 
 # The oldest Kubernetes with CronJob.spec.timeZone GA, and the newest the installed schemas know.
 K8S_VERSIONS = ("1.27", kubernetes_validate.utils.latest_version())
-NOT_BUILT_IN = {"external-secrets.io/v1beta1", "kustomize.config.k8s.io/v1beta1"}
+NOT_BUILT_IN = {"external-secrets.io/v1", "kustomize.config.k8s.io/v1beta1"}
 
 Doc = dict[str, Any]
 
@@ -167,10 +167,10 @@ def _closed(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
 _NAME = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 253}
 _LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
 
-# The part of external-secrets.io/v1beta1 ExternalSecret these manifests use.
+# The part of external-secrets.io/v1 ExternalSecret these manifests use.
 EXTERNAL_SECRET_SCHEMA = _closed(
     {
-        "apiVersion": {"const": "external-secrets.io/v1beta1"},
+        "apiVersion": {"const": "external-secrets.io/v1"},
         "kind": {"const": "ExternalSecret"},
         "metadata": _closed({"name": _NAME, "namespace": _NAME, "labels": _LABELS}, ["name", "namespace"]),
         "spec": _closed(

@@ -212,7 +212,7 @@ def external_secrets(config: DeployConfig) -> list[Manifest]:
 
     def one(name: str, key: str, remote_key: str) -> Manifest:
         return {
-            "apiVersion": "external-secrets.io/v1beta1",
+            "apiVersion": "external-secrets.io/v1",
             "kind": "ExternalSecret",
             "metadata": _metadata(name, config, _labels("secrets")),
             "spec": {
