@@ -5,6 +5,8 @@ Compared in the same run, each in its own process (XLA reads its flags once, at 
 - ``ours``: the engine's model as it samples (engines/binomial_loglik.py: one row pass with its own gradient, counts
   on a units x weeks grid in 16 bits, per-unit arithmetic in single precision) under the XLA flags the engine sets;
 - ``ours, YNN fusions on``: the same with XLA's default fusions;
+- ``ours, the row pass alone``: only the likelihood's pass over the rows with its gradient (at the units' modes), the
+  part no reparameterisation can remove: the rest of ``ours`` is the per-unit change of variables and the prior;
 - ``autodiff``: the naive use of the library, the same model written plainly (NumPyro/JAX autodiff of
   ``y * eta - n * softplus(eta)`` in double precision over the flat rows, as a textbook model would be), with
   the engine's flags; and ``autodiff, YNN fusions on`` with XLA's defaults.
@@ -12,7 +14,8 @@ Also: NumPyro NUTS's leapfrog steps per draw on a standard normal of 2,000, 20,0
 coefficients of 1,000, 10,000 and 100,000 students; target acceptance 0.8, 300 warm-up + 200 draws): the number of
 gradients a draw costs even when the reparameterisation is perfect. And NUTS's own cost per step at the sampler's
 dimension (two per student), the gradient being free (a standard normal): NumPyro with one chain alone and two at
-once, and nutpie (Rust NUTS, the other library issue 5 names) the same way when it is installed. Times that figure
+once, and nutpie (Rust NUTS, the other library issue 5 names) the same way when it is installed, its potential a
+Python callback and, with numba installed, a compiled one (as nutpie's numba backend builds them). Times that figure
 by the steps of 2 chains x 1,000 iterations and it is the floor of a fit before any gradient is computed.
 
 Reported: milliseconds per gradient (median of 5 rounds of 20, after compilation), with one process on the machine
@@ -41,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 VARIANTS = {
     "ours": ("ours", True),
     "ours, YNN fusions on": ("ours", False),
+    "ours, the row pass alone": ("rows", True),
     "autodiff": ("autodiff", True),
     "autodiff, YNN fusions on": ("autodiff", False),
 }
@@ -84,14 +88,21 @@ def measure(variant: str, engine_flags: bool, students: int, weeks: int) -> dict
     model = growth.GrowthModel(family="binomial", iter=1000, chains=2)
     _, kwargs = growth._binomial_kernel(data, laplace, model, 0.0)
     init = {k: v[0] for k, v in kwargs.pop("init_params").items()}
-    if variant == "ours":
+    if variant in ("ours", "rows"):
         fn = functools.partial(growth._binomial_model, priors=model.priors, loc=0.0)
     else:
         fn = functools.partial(_autodiff_model, priors=model.priors, loc=0.0)
         kwargs = {"q": jnp.asarray(laplace.q), "r": jnp.asarray(laplace.r), "code": jnp.asarray(data.code)}
         kwargs |= {k: jnp.asarray(getattr(data, k)) for k in ("time", "y", "trials")}
-    info = initialize_model(jax.random.PRNGKey(0), fn, model_kwargs=kwargs, dynamic_args=False)
-    grad = jax.jit(jax.value_and_grad(info.potential_fn))
+    if variant == "rows":
+        from learnpulse.engines.binomial_loglik import binomial_loglik
+
+        rows = {k: kwargs[k] for k in ("time", "y", "trials")}
+        grad = jax.jit(jax.value_and_grad(lambda c: -binomial_loglik(c[0], c[1], **rows, code=None)))
+        init = jnp.asarray(laplace.mode.T, jnp.float32)
+    else:
+        info = initialize_model(jax.random.PRNGKey(0), fn, model_kwargs=kwargs, dynamic_args=False)
+        grad = jax.jit(jax.value_and_grad(info.potential_fn))
     value, g = grad(init)
     jax.block_until_ready(g)
     rounds = []
@@ -176,6 +187,63 @@ def nutpie_steps(dims: int, chains: int) -> dict[str, float] | None:
         return lambda x: {"x0": x[:1].copy()}  # keep one coordinate: the draws of 200,000 would only cost memory
 
     model = from_pyfunc(dims, make_logp, make_expand, [np.dtype("float64")], [(1,)], ["x0"])
+    return _nutpie_run(nutpie, model, chains)
+
+
+def nutpie_compiled_steps(dims: int, chains: int) -> dict[str, float] | None:
+    """The same standard normal with nutpie's NUTS and a compiled potential: a numba C callback, the form nutpie
+    builds for PyMC models with its numba backend, so that no chain waits for the GIL. The model is assembled as
+    nutpie's PyMC path assembles it (``nutpie.compile_pymc.CompiledPyMCModel``, an internal class: None when
+    nutpie or numba is not installed or the class has changed). 300 warm-up + 200 draws per chain."""
+    try:
+        import numba
+        import nutpie
+        from nutpie.compile_pymc import CompiledPyMCModel
+    except ImportError:
+        return None
+    kept = 1
+    f64 = numba.types.CPointer(numba.types.double)
+
+    @numba.cfunc(numba.types.int64(numba.types.uint64, f64, f64, f64, numba.types.voidptr), fastmath=True)
+    def logp(dim: int, x_: Any, grad_: Any, logp_: Any, user_data: Any) -> int:
+        x, grad, out = numba.carray(x_, (dims,)), numba.carray(grad_, (dims,)), numba.carray(logp_, (1,))
+        total = 0.0
+        for i in range(dims):
+            total += x[i] * x[i]
+            grad[i] = -x[i]
+        out[0] = -0.5 * total
+        return 0
+
+    @numba.cfunc(numba.types.int64(numba.types.uint64, numba.types.uint64, f64, f64, numba.types.voidptr))
+    def expand(dim: int, n_expanded: int, x_: Any, out_: Any, user_data: Any) -> int:
+        numba.carray(out_, (kept,))[0] = numba.carray(x_, (dims,))[0]
+        return 0
+
+    try:
+        model = CompiledPyMCModel(
+            dims={},
+            _n_dim=dims,
+            _coords={},
+            _shapes={"x0": (kept,)},
+            compiled_logp_func=logp,
+            compiled_expand_func=expand,
+            # nutpie refuses a start whose gradient is zero, so not the origin
+            initial_point_func=lambda seed: np.random.default_rng(seed).uniform(-2, 2, dims),
+            shared_data={},
+            user_data=np.zeros((), dtype=[("unused", np.uintp)]),
+            n_expanded=kept,
+            shape_info=(["x0"], [slice(0, kept)], [(kept,)]),
+            logp_func=None,
+            expand_func=None,
+        )
+    except TypeError:
+        return None
+    return _nutpie_run(nutpie, model, chains)
+
+
+def _nutpie_run(nutpie: Any, model: Any, chains: int) -> dict[str, float]:
+    """300 warm-up + 200 draws per chain, ``chains`` at once: mean steps per kept draw and milliseconds per step of
+    one chain over the whole run (warm-up included)."""
     started = time.perf_counter()
     trace = nutpie.sample(model, draws=200, tune=300, chains=chains, cores=chains, seed=1, progress_bar=False)
     seconds = time.perf_counter() - started
@@ -196,7 +264,8 @@ def main(argv: list[str] | None = None) -> None:
         (alone,) = _collect([_spawn(variant, engine_flags, args.students, args.weeks)])
         pair = _collect([_spawn(variant, engine_flags, args.students, args.weeks) for _ in range(2)])
         both = " / ".join(f"{m['ms']:.1f}" for m in pair)
-        print(f"| {label} | {alone['ms']:.1f} | {both} | {alone['log_density']:,.3f} |")
+        density = f"{alone['log_density']:,.3f}" + (" (the likelihood alone)" if variant == "rows" else "")
+        print(f"| {label} | {alone['ms']:.1f} | {both} | {density} |")
     print("\n| dimensions (standard normal) | NUTS leapfrog steps per draw | step size | ms per step, one chain |")
     print("| --- | --- | --- | --- |")
     for dims in (2_000, 20_000, 200_000):
@@ -208,9 +277,10 @@ def main(argv: list[str] | None = None) -> None:
     print("| --- | --- | --- | --- | --- |")
     rows: list[tuple[str, int, dict[str, float] | None]] = [("NumPyro NUTS", c, nuts_steps(dims, c)) for c in (1, 2)]
     rows += [("nutpie NUTS (Python potential)", c, nutpie_steps(dims, c)) for c in (1, 2)]
+    rows += [("nutpie NUTS (compiled potential)", c, nutpie_compiled_steps(dims, c)) for c in (1, 2)]
     for label, chains, found in rows:
         if found is None:
-            print(f"| {label} | {chains} | not installed | | |")
+            print(f"| {label} | {chains} | not available (nutpie / numba not installed) | | |")
             continue
         # 2 chains x 1,000 iterations at this many steps each: sequential with one chain at once, parallel with two
         total = found["ms_per_step"] * found["steps"] * 1_000 * (2 // chains) / 1e3
