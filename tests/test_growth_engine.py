@@ -289,6 +289,25 @@ def test_rhat_gate_passes_with_twice_the_iterations(reference_data: pd.DataFrame
     assert fit.diagnostics_["divergences"] == 0
 
 
+PROC_MAPS = Path("/proc/self/maps")
+
+
+@pytest.mark.skipif(not PROC_MAPS.exists(), reason="counts the process's memory maps in /proc (Linux)")
+def test_repeated_fits_do_not_accumulate_compiled_code(reference_data: pd.DataFrame, binomial_sim: Simulated) -> None:
+    """The API and the in-process scheduler fit again and again in one process. Each fit's compiled programs are
+    dropped when it ends: before, every fit added ~1,000 memory maps for good, and after ~60 fits the kernel's limit
+    (65,530) stopped XLA from compiling anything ("LLVM compilation error: Cannot allocate memory")."""
+    d, b = reference_data, binomial_sim.frame
+
+    def one_of_each(seed: int) -> int:
+        GrowthModel("gaussian", iter=100, chains=2, seed=seed).fit(d["user"], d["week"], d["acc"])
+        GrowthModel("binomial", iter=100, chains=2, seed=seed).fit(b["unit"], b["time"], b["y"], b["trials"])
+        return len(PROC_MAPS.read_text().splitlines())
+
+    first = one_of_each(0)
+    assert one_of_each(1) - first < 200  # one round added ~2,000 maps before
+
+
 # --- 2. the per-unit normal summary ---------------------------------------------------------------------------------
 
 

@@ -60,6 +60,7 @@ conditional draws given the hyper-parameters, so theirs are the hyper-parameters
 from __future__ import annotations
 
 import functools
+import gc
 import math
 import os
 import time as _time
@@ -216,6 +217,16 @@ def _jax() -> Any:
 
     numpyro.enable_x64()  # the Woodbury marginal likelihood loses precision in float32
     return jax
+
+
+def _release_compiled(jax: Any) -> None:
+    """Drop JAX's compiled programs once a fit is done. Every fit compiles its own (the model's data are closed
+    over), and JAX keeps them: ~1,000 memory mappings and tens of MB per gaussian fit, so a long-lived process (the
+    API, the in-process scheduler) hit the kernel's map limit (vm.max_map_count, 65,530) after about 60 fits and
+    then failed to compile at all. Nothing is lost: the next fit compiles anew in any case. Clears every JAX cache
+    of the process: learnpulse uses JAX only here."""
+    jax.clear_caches()
+    gc.collect()  # the executables go with the last Python references to them
 
 
 def _sufficient_stats(data: GrowthData) -> FloatArray:
@@ -496,13 +507,37 @@ class GrowthModel:
                 "a growth model needs at least two units and two distinct times",
                 {"units": len(data.units), "times": len(np.unique(data.time))},
             )
-        jax = _jax()
-        from numpyro.infer import MCMC, NUTS
-
         loc = self.priors.intercept_loc
         if loc is None:
             loc = float(np.median(data.y)) if self.family == "gaussian" else 0.0
+        jax = _jax()
         started = _time.perf_counter()
+        try:
+            hyper, unit_draws, mean, cov, divergences = self._sample(jax, data, loc)
+        finally:
+            _release_compiled(jax)
+        self._finish(
+            data=data,
+            hyper=hyper,
+            unit_draws=unit_draws,
+            mean=mean,
+            cov=cov,
+            divergences=divergences,
+            loc=loc,
+        )
+        assert self.diagnostics_ is not None
+        # After _finish: its per-unit diagnostics take a while at 100,000 units, and the seconds are the user's wait.
+        self.diagnostics_["seconds"] = _time.perf_counter() - started
+        return self
+
+    def _sample(
+        self, jax: Any, data: GrowthData, loc: float
+    ) -> tuple[dict[str, FloatArray], FloatArray | None, FloatArray, FloatArray, int]:
+        """NUTS: the population parameters' draws (chains, draws) by brms name, the binomial family's unit
+        coefficient draws (chains, draws, units, 2) or None, the units' posterior means (units, 2) and covariances
+        (units, 2, 2), and the number of divergent transitions."""
+        from numpyro.infer import MCMC, NUTS
+
         gaussian = self.family == "gaussian"
         if gaussian:
             start = _laplace_start(
@@ -561,19 +596,7 @@ class GrowthModel:
             mean = flat.mean(axis=0)
             centred = flat - mean
             cov = np.einsum("dui,duj->uij", centred, centred) / max(len(flat) - 1, 1)
-        self._finish(
-            data=data,
-            hyper=hyper,
-            unit_draws=unit_draws,
-            mean=mean,
-            cov=cov,
-            divergences=divergences,
-            loc=loc,
-        )
-        assert self.diagnostics_ is not None
-        # After _finish: its per-unit diagnostics take a while at 100,000 units, and the seconds are the user's wait.
-        self.diagnostics_["seconds"] = _time.perf_counter() - started
-        return self
+        return hyper, unit_draws, mean, cov, divergences
 
     def _finish(
         self,
