@@ -23,6 +23,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -306,6 +307,23 @@ def test_repeated_fits_do_not_accumulate_compiled_code(reference_data: pd.DataFr
 
     first = one_of_each(0)
     assert one_of_each(1) - first < 200  # one round added ~2,000 maps before
+
+
+def test_fits_on_two_threads_at_once_give_the_sequential_answers(reference_data: pd.DataFrame) -> None:
+    """The API fits on request threads: two fits started together run one after the other (each releases JAX's
+    caches when it ends, which must not pull them from under the other) and give what each gives alone."""
+    d = reference_data
+
+    def fit(seed: int) -> pd.DataFrame:
+        model = GrowthModel("gaussian", iter=100, chains=2, seed=seed).fit(d["user"], d["week"], d["acc"])
+        assert model.summary_ is not None
+        return model.summary_
+
+    alone = [fit(0), fit(1)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        together = list(pool.map(fit, [0, 1]))
+    for a, b in zip(alone, together, strict=True):
+        pd.testing.assert_frame_equal(a, b)
 
 
 # --- 2. the per-unit normal summary ---------------------------------------------------------------------------------

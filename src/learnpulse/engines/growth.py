@@ -63,6 +63,7 @@ import functools
 import gc
 import math
 import os
+import threading
 import time as _time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, cast
@@ -217,6 +218,11 @@ def _jax() -> Any:
 
     numpyro.enable_x64()  # the Woodbury marginal likelihood loses precision in float32
     return jax
+
+
+# One fit at a time per process (the API serves requests on threads): a fit already runs a chain per core, and
+# _release_compiled clears caches process-wide, which must not happen while another fit compiles.
+_FIT_LOCK = threading.Lock()
 
 
 def _release_compiled(jax: Any) -> None:
@@ -499,7 +505,9 @@ class GrowthModel:
         trials: npt.ArrayLike | None = None,
     ) -> GrowthModel:
         """Fit on long-format data: one row per (unit, time) with response ``y`` (binomial: successes of
-        ``trials``). Needs at least two units and two distinct times."""
+        ``trials``). Needs at least two units and two distinct times. Fits in one process run one at a time (a
+        second waits for the first: each runs a chain per core already); ``diagnostics_["seconds"]`` excludes the
+        wait."""
         self._check_params()
         data = prepare_data(self.family, unit, time, y, trials)
         if len(data.units) < 2 or len(np.unique(data.time)) < 2:
@@ -511,11 +519,12 @@ class GrowthModel:
         if loc is None:
             loc = float(np.median(data.y)) if self.family == "gaussian" else 0.0
         jax = _jax()
-        started = _time.perf_counter()
-        try:
-            hyper, unit_draws, mean, cov, divergences = self._sample(jax, data, loc)
-        finally:
-            _release_compiled(jax)
+        with _FIT_LOCK:
+            started = _time.perf_counter()
+            try:
+                hyper, unit_draws, mean, cov, divergences = self._sample(jax, data, loc)
+            finally:
+                _release_compiled(jax)
         self._finish(
             data=data,
             hyper=hyper,
