@@ -3,7 +3,7 @@ sound gaussian fit, by ``BRMS_ITER`` (issue 5; a reliability figure, not a speed
 
 Fits ``bench/growth.py``'s simulated data (known truth, so every fit is of a well-specified model) with seeds
 0..n-1 at each ``iter``, two chains, and reports the share of fits over the gate, the median of the smallest bulk
-and tail ESS, and which statistic crossed. Beside it, the same share for independent normal draws of the same
+and tail ESS and the median fit seconds. Beside it, the same share for independent normal draws of the same
 shape (chains x draws x 6 parameters) under the same R-hat (rank-normalised split R-hat with its folded version,
 as ArviZ): what a perfectly mixing sampler would show.
 
