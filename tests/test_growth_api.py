@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 from functools import cache
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -71,6 +72,29 @@ def test_fit_route_returns_the_engines_answer(api: TestClient) -> None:
     binomial = api.post("/growth/fit", json={**body, "family": "binomial"})  # no trials
     assert binomial.status_code == 422 and "trials" in binomial.text
     assert api.post("/growth/fit", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_fit_route_refuses_more_rows_than_it_can_fit_in_a_request(api: TestClient) -> None:
+    """Above its caps (rows, units, rows x iter x chains) the API answers 422 at once, naming what is over and the job
+    that fits such data, instead of running NUTS for minutes inside a request and outgrowing the API pod's memory."""
+    from learnpulse.api.growth_schemas import MAX_FIT_ROWS, MAX_FIT_UNITS
+
+    def problems(body: dict[str, Any]) -> list[dict[str, Any]]:
+        response = api.post("/growth/fit", json=body)
+        assert response.status_code == 422, response.text
+        return list(response.json()["error"]["details"]["problems"])
+
+    n = MAX_FIT_ROWS + 1
+    over = problems({"unit": [i % 100 for i in range(n)], "time": [0.0] * n, "y": [0.5] * n})
+    assert {p["location"] for p in over} == {"body.unit", "body.time", "body.y"}
+    assert "60000" in over[0]["problem"]
+    n = MAX_FIT_UNITS + 1
+    (units,) = problems({"unit": list(range(n)), "time": [0.0] * n, "y": [0.5] * n})
+    assert "5,001 distinct units" in units["problem"] and "fit-bayesian-growth" in units["problem"]
+    n = 7_000
+    (work,) = problems({"unit": [i % 500 for i in range(n)], "time": [0.0] * n, "y": [0.5] * n, "iter": 10_000})
+    assert "7,000 x 10,000 x 2" in work["problem"]
+    assert "fit-bayesian-growth" in api.get("/openapi.json").text
 
 
 def test_stored_model_routes_and_client(engine: Engine, api: TestClient) -> None:

@@ -56,7 +56,11 @@ NOT_IMPLEMENTED = "not implemented in this version"
 # the API token from a mounted secret file named by LEARNPULSE_API_TOKEN_FILE.
 SECRET_SETTINGS = frozenset({"database_url", "learnpulse_api_token", "learnpulse_api_token_file"})
 
-API_RESOURCES: Manifest = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+# The API fits models on request data (POST /growth/fit, /cluster/fit, ...). bench/api_memory.py: a growth fit of 1,000
+# students peaks at ~1.1 GiB (JAX compiling NUTS) and one at the route's caps at ~2.0 GiB, the other fit routes at
+# their largest bodies under 0.6 GiB; the process keeps ~0.9 GiB after a growth fit. Two CPUs: the chains run in
+# parallel, one per core.
+API_RESOURCES: Manifest = {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "3Gi"}}
 MIGRATE_RESOURCES: Manifest = {
     "requests": {"cpu": "100m", "memory": "256Mi"},
     "limits": {"cpu": "500m", "memory": "512Mi"},

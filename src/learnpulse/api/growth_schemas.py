@@ -5,9 +5,18 @@ from __future__ import annotations
 from datetime import date
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_STUDENTS = 1000
+# POST /growth/fit runs NUTS inside the request. Its caps keep that to seconds or tens of seconds and the API process
+# under its memory limit (bench/api_memory.py: 5,000 binomial students x 12 weeks, 30 s, 2.0 GB peak): the rows, the
+# units (the binomial family samples two coefficients per unit and keeps their draws) and rows x iter x chains (the
+# work; at brms's iter=1000, chains=2 it allows the full 60,000 rows). Larger fits are the fit-bayesian-growth job's.
+MAX_FIT_ROWS = 60_000
+MAX_FIT_UNITS = 5_000
+MAX_FIT_WORK = MAX_FIT_ROWS * 1000 * 2
+_JOB = "for more, run the fit-bayesian-growth job"
+_ROWS = f"one per row, at most {MAX_FIT_ROWS:,} rows ({_JOB})"
 
 
 class GrowthFitRequest(BaseModel):
@@ -16,13 +25,26 @@ class GrowthFitRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     family: Literal["gaussian", "binomial"] = "gaussian"
-    unit: list[int | str] = Field(min_length=2)
-    time: list[float] = Field(min_length=2)
-    y: list[float] = Field(min_length=2)
-    trials: list[float] | None = None
+    unit: list[int | str] = Field(min_length=2, max_length=MAX_FIT_ROWS, description=f"Unit (student) id, {_ROWS}.")
+    time: list[float] = Field(min_length=2, max_length=MAX_FIT_ROWS, description="Time of the row (e.g. week).")
+    y: list[float] = Field(min_length=2, max_length=MAX_FIT_ROWS, description="Response, or successes (binomial).")
+    trials: list[float] | None = Field(None, max_length=MAX_FIT_ROWS, description="Attempts (binomial only).")
     iter: int = Field(1000, ge=20, le=20000, description="iterations per chain, half of them warm-up (brms)")
     chains: int = Field(2, ge=1, le=8)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _fits_in_a_request(self) -> GrowthFitRequest:
+        units = len(set(self.unit))
+        if units > MAX_FIT_UNITS:
+            raise ValueError(f"{units:,} distinct units is over the {MAX_FIT_UNITS:,} a request fits; {_JOB}")
+        work = len(self.y) * self.iter * self.chains
+        if work > MAX_FIT_WORK:
+            raise ValueError(
+                f"rows x iter x chains = {len(self.y):,} x {self.iter:,} x {self.chains} is over the {MAX_FIT_WORK:,} "
+                f"a request fits: fewer rows, iterations or chains, or {_JOB}"
+            )
+        return self
 
 
 class ParameterRow(BaseModel):
