@@ -45,7 +45,7 @@ def test_value_is_the_binomial_log_likelihood(jax: Any) -> None:
     from learnpulse.engines.binomial_loglik import binomial_loglik
 
     d = _data()
-    value = float(binomial_loglik(d["c0"], d["c1"], d["time"], d["y"], d["trials"], None))
+    value = float(binomial_loglik(d["c0"], d["c1"], d["time"].T, d["y"].T, d["trials"].T, None))  # times first
     eta = d["c0"][:, None] + d["c1"][:, None] * d["time"]
     coefficients = binom.logpmf(d["y"], d["trials"], 0.5) + d["trials"] * np.log(2.0)  # log C(n, y)
     expected = float(np.sum(binom.logpmf(d["y"], d["trials"], 1.0 / (1.0 + np.exp(-eta))) - coefficients))
@@ -60,7 +60,7 @@ def test_gradient_equals_autodiff_in_both_layouts(jax: Any, dtype: str) -> None:
 
     d = _data()
     c0, c1 = jnp.asarray(d["c0"], dtype), jnp.asarray(d["c1"], dtype)
-    dense = tuple(jnp.asarray(d[k], jnp.float32) for k in ("time", "y", "trials"))
+    dense = tuple(jnp.asarray(d[k].T, jnp.float32) for k in ("time", "y", "trials"))  # the grid is times x units
     want = jax.grad(_textbook, argnums=(0, 1))(d["c0"], d["c1"], d)
     got_dense = jax.grad(binomial_loglik, argnums=(0, 1))(c0, c1, *dense, None)
 
@@ -83,7 +83,7 @@ def test_gradient_under_jit_and_scaled_cotangent(jax: Any) -> None:
     from learnpulse.engines.binomial_loglik import binomial_loglik
 
     d = _data(seed=5)
-    args = tuple(jnp.asarray(d[k], jnp.float32) for k in ("time", "y", "trials"))
+    args = tuple(jnp.asarray(d[k].T, jnp.float32) for k in ("time", "y", "trials"))
 
     def scaled(c0: Any, c1: Any) -> Any:
         return -3.0 * binomial_loglik(c0, c1, *args, None)

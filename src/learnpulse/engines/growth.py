@@ -316,8 +316,8 @@ def _binomial_model(
     conditional posterior given the population parameters ``h``, from its likelihood's Gaussian approximation
     ``(q_i, r_i)`` (:mod:`learnpulse.engines.growth_laplace`). The density is the model's own, ``N(c_i | b, Sigma)``
     times the binomial likelihood, in ``(h, w)`` with the change of variables' log Jacobian added, without the
-    binomial coefficients (constant). Data: ``time, y, trials`` as :func:`_binomial_layout` gives them: a units x
-    times grid (``code=None``: no gather, whose gradient, a scatter-add, dominated the cost on CPU) or flat rows
+    binomial coefficients (constant). Data: ``time, y, trials`` as :func:`_binomial_layout` gives them: a times x
+    units grid (``code=None``: no gather, whose gradient, a scatter-add, dominated the cost on CPU) or flat rows
     with each row's unit index ``code``. ``q`` and ``r`` in single precision.
 
     The per-unit arithmetic runs in single precision and is summed in double: at 100,000 units it is dozens of
@@ -995,7 +995,7 @@ def _binomial_layout(data: GrowthData) -> dict[str, npt.NDArray[Any]]:
     """The rows for :func:`_binomial_model`, in as few bytes as they allow (the sampler reads them at every step).
 
     When every unit has rows at about the same times (weekly data: units x distinct times at most twice the rows):
-    ``time`` (distinct times,) and ``y``, ``trials`` as (units, distinct times) matrices, zero where a unit has no
+    ``time`` (distinct times,) and ``y``, ``trials`` as (distinct times, units) matrices, zero where a unit has no
     row; rows of one unit at one time are added up, which leaves the likelihood unchanged (both are linear in
     ``(y, trials)`` at a given ``eta``). Otherwise the flat rows with each row's unit index ``code``. Counts are
     16-bit integers when they fit (the sampler converts them as it reads), times single precision."""
@@ -1008,7 +1008,7 @@ def _binomial_layout(data: GrowthData) -> dict[str, npt.NDArray[Any]]:
     if n_units * len(times) <= 2 * len(data.code):
         cell = data.code * len(times) + column
         y, trials = (
-            np.bincount(cell, weights=v, minlength=n_units * len(times)).reshape(n_units, len(times))
+            np.ascontiguousarray(np.bincount(cell, weights=v, minlength=n_units * len(times)).reshape(n_units, -1).T)
             for v in (data.y, data.trials)
         )
         out = {"time": times.astype(np.float32)}
