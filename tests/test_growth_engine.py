@@ -748,6 +748,25 @@ def test_input_errors_name_the_column(
     assert column in str(info.value)
 
 
+@pytest.mark.parametrize("family", ["gaussian", "binomial"])
+def test_times_far_from_zero_are_refused_with_the_reason(family: str) -> None:
+    """Day numbers (or years) as time make the intercept at time 0 an extrapolation NUTS cannot fit (R-hat ~2 in the
+    study of _check_time_origin): a clear error instead; times within MAX_TIME_OFFSET ranges of 0 are accepted."""
+    trials = [10, 10, 10, 10] if family == "binomial" else None
+    y = [3, 4, 5, 6] if family == "binomial" else [0.3, 0.4, 0.5, 0.6]
+    days = [20_431.0, 20_438.0, 20_431.0, 20_438.0]
+    with pytest.raises(InvalidInputError) as info:
+        GrowthModel(family).fit(UNITS, days, y, trials)
+    assert problem_names(info.value) == {"time"}
+    assert "20431 to 20438" in str(info.value) and "origin near the data" in str(info.value)
+    near = [200.0, 210.0, 200.0, 210.0]  # middle 205 = 20.5 ranges of 10 from 0: just over
+    with pytest.raises(InvalidInputError):
+        growth.prepare_data(family, UNITS, near, y, trials)
+    within = [190.0, 200.0, 190.0, 200.0]  # 19.5 ranges
+    assert growth.prepare_data(family, UNITS, within, y, trials).time.max() == 200.0
+    assert growth.prepare_data(family, UNITS, [-0.5, 0.5, 11.5, 3.0], y, trials).time.min() == -0.5
+
+
 def test_nan_time_and_unit_and_lengths_are_named() -> None:
     with pytest.raises(InvalidInputError) as info:
         GrowthModel().fit(UNITS, [0.0, np.inf, 0.0, 1.0], [0.1, 0.2, 0.3, 0.4])

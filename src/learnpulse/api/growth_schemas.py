@@ -26,7 +26,9 @@ class GrowthFitRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     family: Literal["gaussian", "binomial"] = "gaussian"
     unit: list[int | str] = Field(min_length=2, max_length=MAX_FIT_ROWS, description=f"Unit (student) id, {_ROWS}.")
-    time: list[float] = Field(min_length=2, max_length=MAX_FIT_ROWS, description="Time of the row (e.g. week).")
+    time: list[float] = Field(
+        min_length=2, max_length=MAX_FIT_ROWS, description="Time of the row (e.g. week), from an origin near the data."
+    )
     y: list[float] = Field(min_length=2, max_length=MAX_FIT_ROWS, description="Response, or successes (binomial).")
     trials: list[float] | None = Field(None, max_length=MAX_FIT_ROWS, description="Attempts (binomial only).")
     iter: int = Field(1000, ge=20, le=20000, description="iterations per chain, half of them warm-up (brms)")

@@ -19,6 +19,10 @@
 
 brms widens 2.5 to mad(y) when that is larger; on accuracy data (|y| <= 1) it never is.
 
+**Time origin.** The intercept and its SD are those at ``t = 0``, so time must be measured from an origin near the
+data (the job uses weeks since the window's start): times whose middle lies more than ``MAX_TIME_OFFSET`` (20) times
+their range from 0, such as day numbers or years, are refused with an error saying so (``_check_time_origin``).
+
 **Inference.** NUTS (NumPyro, ``iter`` iterations per chain of which half are warm-up, as ``BRMS_ITER`` /
 ``BRMS_CHAINS`` mean in brms). The gaussian family is sampled in an *exact marginalisation*: the random
 effects integrate out in closed form, ``y_i ~ N(Z_i b, Z_i Sigma Z_i' + sigma^2 I)`` with ``Z_i = [1, t_i]``,
@@ -147,6 +151,28 @@ def _python_label(value: Any) -> Any:
     return str(value)
 
 
+# How far (in multiples of the times' range) the middle of the times may lie from time 0; see _check_time_origin.
+MAX_TIME_OFFSET = 20.0
+
+
+def _check_time_origin(t: FloatArray) -> None:
+    """Refuse times far from 0 for their range. The intercept and its SD are those at time 0 (as in brms), so with
+    times like day numbers (~20,000) or years (~2,025) they are extrapolations correlated ~1 with the slopes, and
+    NUTS cannot fit that reliably: on 300 simulated students x 12 weeks shifted by 500 weeks the binomial fit had
+    R-hat 1.07, by 1,000 R-hat 1.9 with a wrong slope; the gaussian failed at 20,000 (R-hat 1.06, divergences).
+    Shifted by 220 (the middle 20 ranges from 0) both were as at 0. A clear error beats such a fit."""
+    low, high = float(t.min()), float(t.max())
+    middle, spread = (low + high) / 2.0, max(high - low, 1.0)
+    if abs(middle) > MAX_TIME_OFFSET * spread:
+        raise _invalid(
+            f"time runs from {low:g} to {high:g}, far from 0 for its range: the intercept and its SD are those at "
+            "time 0 (as in brms), here an extrapolation the sampler cannot fit reliably; measure time from an origin "
+            "near the data (e.g. weeks since the first observation)",
+            "time",
+            f"middle more than {MAX_TIME_OFFSET:g} ranges from 0",
+        )
+
+
 def prepare_data(
     family: str, unit: npt.ArrayLike, time: npt.ArrayLike, y: npt.ArrayLike, trials: npt.ArrayLike | None = None
 ) -> GrowthData:
@@ -167,6 +193,7 @@ def prepare_data(
             raise _invalid(f"{name} has {len(arr)} rows but unit has {len(units_raw)}", name, "length differs")
     if len(yy) == 0:
         raise InsufficientDataError("no observations to fit", {"rows": 0})
+    _check_time_origin(t)
     n_trials: FloatArray | None = None
     if family == "binomial":
         if trials is None:
