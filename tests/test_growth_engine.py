@@ -748,6 +748,16 @@ def test_input_errors_name_the_column(
     assert column in str(info.value)
 
 
+def test_draw_moments_are_each_units_mean_and_covariance() -> None:
+    """The binomial fit's per-unit moments, summed a block of draws at a time, equal NumPy's mean and np.cov."""
+    rng = np.random.default_rng(2)
+    draws = rng.normal(size=(250, 7, 2)) @ np.array([[1.0, 0.4], [0.0, 0.3]]) + np.array([2.0, -1.0])
+    mean, cov = growth._draw_moments(draws, block=100)
+    np.testing.assert_allclose(mean, draws.mean(axis=0), rtol=1e-12)
+    for u in range(7):
+        np.testing.assert_allclose(cov[u], np.cov(draws[:, u, :], rowvar=False), rtol=1e-12)
+
+
 @pytest.mark.parametrize("family", ["gaussian", "binomial"])
 def test_times_far_from_zero_are_refused_with_the_reason(family: str) -> None:
     """Day numbers (or years) as time make the intercept at time 0 an extrapolation NUTS cannot fit (R-hat ~2 in the

@@ -628,8 +628,10 @@ class GrowthModel:
         raw = mcmc.get_samples(group_by_chain=True)
         if gaussian:
             raw = start.constrain(raw)  # the potential's unconstrained draws -> b0, tau0, ..., tau1, rho, sigma
-        samples = {k: np.asarray(v, dtype=np.float64) for k, v in raw.items()}
+        # Host copies, then the sampler's own dropped: at 100,000 binomial units its w draws alone are 1.6 GB.
+        samples = {k: np.array(v, dtype=np.float64) for k, v in raw.items()}
         divergences = int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum())
+        del mcmc, raw, kwargs
         hyper = {
             "Intercept": samples["b0"],
             "time": samples["b1"],
@@ -642,11 +644,8 @@ class GrowthModel:
             mean, cov = _gaussian_unit_moments(_sufficient_stats(data), {k: v.ravel() for k, v in hyper.items()})
             unit_draws = None
         else:
-            unit_draws = _binomial_unit_draws(samples, laplace)  # (chains, draws, units, 2)
-            flat = unit_draws.reshape(-1, len(data.units), 2)
-            mean = flat.mean(axis=0)
-            centred = flat - mean
-            cov = np.einsum("dui,duj->uij", centred, centred) / max(len(flat) - 1, 1)
+            unit_draws = _binomial_unit_draws(samples, laplace)  # (chains, draws, units, 2), in place of w
+            mean, cov = _draw_moments(unit_draws.reshape(-1, len(data.units), 2))
         return hyper, unit_draws, mean, cov, divergences
 
     def _finish(
@@ -949,16 +948,30 @@ def _gaussian_unit_moments(stats: FloatArray, hyper: dict[str, FloatArray]) -> t
 
 def _binomial_unit_draws(samples: dict[str, FloatArray], laplace: UnitLaplace) -> FloatArray:
     """Unit coefficients ``c_i = mu_i(h) + U_i(h)^-T w_i`` per draw from the sampled ``w`` and population
-    parameters: (chains, draws, units, 2), 50 draws at a time (its temporaries are a dozen (draws, units) arrays)."""
-    chains, draws = samples["w"].shape[:2]
-    out = np.empty(samples["w"].shape)
+    parameters: (chains, draws, units, 2), 50 draws at a time (its temporaries are a dozen (draws, units) arrays),
+    written over ``samples["w"]``, which is removed (at 100,000 units each is 1.6 GB)."""
+    out = samples.pop("w")
+    chains, draws = out.shape[:2]
     for chain in range(chains):
         for start in range(0, draws, 50):
             part = slice(start, start + 50)
             h = {k: samples[k][chain, part, None] for k in ("b0", "b1", "tau0", "l10", "l11")}
-            c0, c1, _ = conditional_map(np, samples["w"][chain, part], h, laplace.q, laplace.r)
-            out[chain, part, :, 0], out[chain, part, :, 1] = c0, c1
+            c0, c1, _ = conditional_map(np, out[chain, part], h, laplace.q, laplace.r)
+            out[chain, part, :, 0], out[chain, part, :, 1] = c0, c1  # this part's w is read: overwrite it
     return out
+
+
+def _draw_moments(draws: FloatArray, block: int = 100) -> tuple[FloatArray, FloatArray]:
+    """Mean (units, 2) and covariance (units, 2, 2) of draws (draws, units, 2), ``ddof=1``: the mean, then the
+    centred cross-products summed ``block`` draws at a time (a centred copy of all draws would be 1.6 GB at 100,000
+    units)."""
+    n = len(draws)
+    mean = draws.mean(axis=0)
+    cross = np.zeros((draws.shape[1], 2, 2))
+    for start in range(0, n, block):
+        centred = draws[start : start + block] - mean
+        cross += np.einsum("dui,duj->uij", centred, centred)
+    return mean, cross / max(n - 1, 1)
 
 
 def _binomial_kernel(
