@@ -6,8 +6,9 @@ Each case runs in a fresh process: the app (``create_app``, SQLite, token auth o
 serialised, then one ``POST`` through Starlette's TestClient in the same process, so the peak RSS is the server's
 (parsing, validation, the fit, the answer) plus the client's copy of the body (at most the body limit). Reported:
 the body's size and rows, the status, seconds, RSS before the request and the process's peak RSS. The data are
-simulated (seeded): growth as in ``bench/growth.py`` (12 weeks, 5-40 attempts a week), clustering four Gaussian
-blobs over four features, survival exponential times with three covariates, IRT 2PL answers over 200 items.
+simulated (seeded): growth by ``bench/growth.py``'s ``simulate`` (12 weeks, 5-40 attempts a week), clustering
+four Gaussian blobs over four features, survival exponential times with three covariates, IRT 2PL answers over
+200 items.
 
 There is no naive baseline to compare with: the figures size the deployment, they are not a speed claim.
 
@@ -30,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import row
+from growth import simulate
 
 TOKEN = "bench-api-memory-token-0123456789abcdef"
 WEEKS = 12
@@ -37,17 +39,12 @@ WEEKS = 12
 
 def _growth(family: str) -> Callable[[int], tuple[str, dict[str, Any]]]:
     def body(students: int) -> tuple[str, dict[str, Any]]:
-        rng = np.random.default_rng(5)
-        unit = np.repeat(np.arange(students), WEEKS)
-        week = np.tile(np.arange(WEEKS, dtype=float), students)
-        ability = rng.normal(0.2, 0.6, students)[unit] + rng.normal(0.06, 0.05, students)[unit] * week
-        trials = rng.integers(5, 41, unit.size)
-        correct = rng.binomial(trials, 1 / (1 + np.exp(-ability)))
-        out: dict[str, Any] = {"family": family, "unit": unit.tolist(), "time": week.tolist()}
+        frame = simulate(students, WEEKS)
+        out: dict[str, Any] = {"family": family, "unit": frame["unit"].tolist(), "time": frame["time"].tolist()}
         if family == "binomial":
-            out |= {"y": correct.tolist(), "trials": trials.tolist()}
+            out |= {"y": frame["correct"].tolist(), "trials": frame["trials"].tolist()}
         else:
-            out["y"] = np.round(correct / trials, 4).tolist()
+            out["y"] = frame["acc"].round(4).tolist()
         return "/growth/fit", out
 
     return body
