@@ -178,9 +178,16 @@ def brms_line(family: str, label: str, ours: dict[str, Any], theirs: dict[str, A
     )
 
 
-def fit_one(family: str, students: int, weeks: int, reference: str | None, seed: int = 1) -> dict[str, Any]:
-    """One fit in this (child) process: simulate (or read the reference set), fit, return figures."""
+def fit_one(
+    family: str, students: int, weeks: int, reference: str | None, seed: int = 1, *, probe_draws: int | None = None
+) -> dict[str, Any]:
+    """One fit in this (child) process: simulate (or read the reference set), fit, return figures. ``probe_draws``:
+    the binomial sampler's step-size probe (``engines/nuts_step_probe.py``; 0 = plain NUTS), default the engine's."""
+    from learnpulse.engines import nuts_step_probe
     from learnpulse.engines.growth import GrowthModel
+
+    if probe_draws is not None:
+        nuts_step_probe.PROBE_DRAWS = probe_draws
 
     d = bench_data(family, students, weeks, reference)
     model = GrowthModel(family, iter=ITER, chains=CHAINS, seed=seed)
@@ -204,21 +211,21 @@ def fit_one(family: str, students: int, weeks: int, reference: str | None, seed:
     }
 
 
-def _child(args: tuple[Any, ...], out: Any) -> None:
+def _child(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     try:
-        result = fit_one(*args)
+        result = fit_one(*args, **kwargs)
         out.put(("ok", result, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
     except BaseException as exc:
         out.put(("error", repr(exc), 0.0))
         raise
 
 
-def run_limited(limit_s: float | None, *args: Any) -> tuple[str, Any, float, float]:
-    """``fit_one(*args)`` in a fresh process, stopped after ``limit_s`` seconds. Returns (status, result or
+def run_limited(limit_s: float | None, *args: Any, **kwargs: Any) -> tuple[str, Any, float, float]:
+    """``fit_one(*args, **kwargs)`` in a fresh process, stopped after ``limit_s`` seconds. Returns (status, result or
     message, wall seconds, peak RSS MiB); status is ok, error or stopped."""
     ctx = mp.get_context("fork")  # the parent never imports JAX, so forking is safe
     out = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(args, out))
+    proc = ctx.Process(target=_child, args=(args, kwargs, out))
     start = time.perf_counter()
     proc.start()
     while True:

@@ -424,6 +424,9 @@ def test_binomial_diagnostics_and_truth(binomial_fit: BinomialFit, binomial_sim:
     assert diag["max_rhat"] <= 1.05
     assert diag["divergences"] == 0
     assert {"units_max_rhat", "units_min_ess_bulk", "units_share_rhat_above_1_01"} <= set(diag)
+    # The sampler's own figures: one step size per chain, each possibly nudged by the resonance probe.
+    assert len(diag["step_size"]) == len(diag["step_size_nudged"]) == model.chains
+    assert all(0 < s < 2 for s in diag["step_size"]) and 1 <= diag["mean_leapfrog_steps"] <= 2**model.max_tree_depth
     assert np.isfinite(diag["seconds"]) and diag["seconds"] > 0  # the whole fit, per-unit diagnostics included
     assert "sigma" not in model.fixed_effects().index
     assert_truth_in_95(model, binomial_sim.truth)

@@ -40,7 +40,11 @@ the posterior is the model's own, but every ``w_i`` is near standard normal and 
 whether the unit has 500 answers or 5: no funnel between the SDs and the units' effects (brms's non-centred
 ``u_i = L z_i`` has none only for units with little data), one dense mass-matrix block for the population.
 Each gradient is one pass over the rows that yields the likelihood and its gradient together
-(:mod:`learnpulse.engines.binomial_loglik`), the cost of the binomial family at scale.
+(:mod:`learnpulse.engines.binomial_loglik`), the cost of the binomial family at scale. Because those many ``w_i``
+are all near standard normal, NUTS's tree length is a step function of the step size with narrow bands where trees
+grow tens of times longer (a U-turn resonance); the binomial sampler therefore checks its adapted step size at the
+end of warm-up and nudges it 4% up when that makes trees clearly shorter (:mod:`learnpulse.engines.nuts_step_probe`:
+the kept draws are still NUTS at one fixed step size).
 
 **Per-unit posterior.** Predictions use, for every unit, the posterior mean ``m_i`` and covariance ``V_i`` of its
 coefficients ``c_i = (b0 + u0_i, b1 + u1_i)`` (exact first two moments) and treat ``c_i`` as bivariate normal; a unit
@@ -55,10 +59,11 @@ summary against the raw draws.
 
 **Diagnostics.** Rank-normalised split R-hat and bulk/tail ESS (ArviZ's definitions, vectorised in
 :mod:`learnpulse.engines.mcmc_diagnostics`) of the hyper-parameters (``max_rhat``,
-``min_ess_bulk``, ``min_ess_tail``), the divergent transitions and the seconds spent. For the binomial family the same
-figures over every unit's coefficients are reported beside them (``units_*``): with thousands of units some exceed
-1.01 by chance alone, so a gate should use the hyper-parameters' (the gaussian family's unit coefficients are exact
-conditional draws given the hyper-parameters, so theirs are the hyper-parameters' too).
+``min_ess_bulk``, ``min_ess_tail``), the divergent transitions, the sampler's mean leapfrog steps per kept draw
+and each chain's step size (binomial: and whether the probe nudged it), and the seconds spent. For the binomial
+family the same figures over every unit's coefficients are reported beside them (``units_*``): with thousands of
+units some exceed 1.01 by chance alone, so a gate should use the hyper-parameters' (the gaussian family's unit
+coefficients are exact conditional draws given the hyper-parameters, so theirs are the hyper-parameters' too).
 """
 
 from __future__ import annotations
@@ -564,7 +569,7 @@ class GrowthModel:
         with _FIT_LOCK:
             started = _time.perf_counter()
             try:
-                hyper, unit_draws, mean, cov, divergences = self._sample(jax, data, loc)
+                hyper, unit_draws, mean, cov, sampler = self._sample(jax, data, loc)
             finally:
                 _release_compiled(jax)
         self._finish(
@@ -573,7 +578,7 @@ class GrowthModel:
             unit_draws=unit_draws,
             mean=mean,
             cov=cov,
-            divergences=divergences,
+            sampler=sampler,
             loc=loc,
         )
         assert self.diagnostics_ is not None
@@ -583,10 +588,10 @@ class GrowthModel:
 
     def _sample(
         self, jax: Any, data: GrowthData, loc: float
-    ) -> tuple[dict[str, FloatArray], FloatArray | None, FloatArray, FloatArray, int]:
+    ) -> tuple[dict[str, FloatArray], FloatArray | None, FloatArray, FloatArray, dict[str, Any]]:
         """NUTS: the population parameters' draws (chains, draws) by brms name, the binomial family's unit
         coefficient draws (chains, draws, units, 2) or None, the units' posterior means (units, 2) and covariances
-        (units, 2, 2), and the number of divergent transitions."""
+        (units, 2, 2), and the sampler's statistics (:func:`_sampler_stats`)."""
         from numpyro.infer import MCMC, NUTS
 
         gaussian = self.family == "gaussian"
@@ -624,13 +629,13 @@ class GrowthModel:
             chain_method=method,
             progress_bar=False,
         )
-        mcmc.run(jax.random.PRNGKey(self.seed), extra_fields=("diverging",), **kwargs)
+        mcmc.run(jax.random.PRNGKey(self.seed), extra_fields=("diverging", "num_steps"), **kwargs)
         raw = mcmc.get_samples(group_by_chain=True)
         if gaussian:
             raw = start.constrain(raw)  # the potential's unconstrained draws -> b0, tau0, ..., tau1, rho, sigma
         # Host copies, then the sampler's own dropped: at 100,000 binomial units its w draws alone are 1.6 GB.
         samples = {k: np.array(v, dtype=np.float64) for k, v in raw.items()}
-        divergences = int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum())
+        sampler = _sampler_stats(mcmc)
         del mcmc, raw, kwargs
         hyper = {
             "Intercept": samples["b0"],
@@ -646,7 +651,7 @@ class GrowthModel:
         else:
             unit_draws = _binomial_unit_draws(samples, laplace)  # (chains, draws, units, 2), in place of w
             mean, cov = _draw_moments(unit_draws.reshape(-1, len(data.units), 2))
-        return hyper, unit_draws, mean, cov, divergences
+        return hyper, unit_draws, mean, cov, sampler
 
     def _finish(
         self,
@@ -656,7 +661,7 @@ class GrowthModel:
         unit_draws: FloatArray | None,
         mean: FloatArray,
         cov: FloatArray,
-        divergences: int,
+        sampler: dict[str, Any],
         loc: float,
     ) -> None:
         names = list(hyper)
@@ -681,8 +686,8 @@ class GrowthModel:
             "max_rhat": float(diag["rhat"].max()),
             "min_ess_bulk": float(diag["ess_bulk"].min()),
             "min_ess_tail": float(diag["ess_tail"].min()),
-            "divergences": divergences,
-            "divergence_share": divergences / n_draws,
+            **sampler,
+            "divergence_share": sampler["divergences"] / n_draws,
             "draws": n_draws,
             "seconds": float("nan"),  # set by fit once everything is done
         }
@@ -974,6 +979,24 @@ def _draw_moments(draws: FloatArray, block: int = 100) -> tuple[FloatArray, Floa
     return mean, cross / max(n - 1, 1)
 
 
+def _sampler_stats(mcmc: Any) -> dict[str, Any]:
+    """What NUTS did, after a run: divergent transitions (sampling), mean leapfrog steps per kept draw (the cost
+    of a draw, in gradients), each chain's step size and, for :class:`ProbedNUTS`, whether each chain's step size
+    was nudged out of a U-turn resonance (see :mod:`learnpulse.engines.nuts_step_probe`)."""
+    fields = mcmc.get_extra_fields()
+    last = mcmc.last_state
+    stats: dict[str, Any] = {
+        "divergences": int(np.asarray(fields["diverging"]).sum()),
+        "mean_leapfrog_steps": float(np.asarray(fields["num_steps"]).mean()),
+        "step_size": [float(s) for s in np.atleast_1d(np.asarray(last.adapt_state.step_size))],
+    }
+    if hasattr(last, "probe_steps"):
+        from learnpulse.engines.nuts_step_probe import nudged_chains
+
+        stats["step_size_nudged"] = nudged_chains(last)
+    return stats
+
+
 def _binomial_kernel(
     data: GrowthData, laplace: UnitLaplace, model: GrowthModel, loc: float
 ) -> tuple[Any, dict[str, Any]]:
@@ -986,7 +1009,8 @@ def _binomial_kernel(
     plus two rough SDs of noise, and ``w ~ N(0, I)``, the units' approximate conditional posterior.
     """
     import jax.numpy as jnp
-    from numpyro.infer import NUTS
+
+    from learnpulse.engines.nuts_step_probe import ProbedNUTS
 
     n = len(data.units)
     cov = laplace.cov
@@ -1015,7 +1039,9 @@ def _binomial_kernel(
     init["w"] = jnp.asarray(rng.standard_normal((chains, n, 2)))
     if chains == 1:
         init = {k: v[0] for k, v in init.items()}
-    kernel = NUTS(
+    # NUTS with the step-size probe: in the units' many near-standard coordinates a step size can fall in a U-turn
+    # resonance that makes every tree up to ~30x longer (see nuts_step_probe).
+    kernel = ProbedNUTS(
         functools.partial(_binomial_model, priors=model.priors, loc=loc),
         target_accept_prob=model.target_accept,
         max_tree_depth=model.max_tree_depth,
