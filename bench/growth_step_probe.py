@@ -8,7 +8,8 @@ Each seed is fitted twice, each fit in its own process: with the probe (the engi
 per kept draw, each chain's step size (``*``: nudged by the probe), max R-hat, divergences; then the mean and worst
 time of each.
 
-    .venv/bin/python bench/growth_step_probe.py [--students 20000] [--seeds 0,1,2,3] [--max-seconds 900]
+    .venv/bin/python bench/growth_step_probe.py [--students 20000] [--seeds 0,1,2,3] [--samplers probe,plain]
+                                                [--max-seconds 900]
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import row
 from growth import run_limited
 
+# (--samplers key, label, probe_draws for bench/growth.py's fit_one: None = the engine's default, 0 = none)
+SAMPLERS = (("probe", "probe", None), ("plain", "plain NUTS", 0))
+
 
 def _steps(diag: dict[str, Any]) -> str:
     nudged = diag.get("step_size_nudged") or [False] * len(diag["step_size"])
@@ -32,15 +36,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--students", type=int, default=20_000)
     parser.add_argument("--seeds", default="0,1,2,3", help="comma-separated sampler seeds")
+    parser.add_argument("--samplers", default="probe,plain", help="probe (the engine's), plain (NUTS) or both")
     parser.add_argument("--max-seconds", type=float, default=900.0, help="stop a fit that runs longer")
     args = parser.parse_args(argv)
+    chosen = args.samplers.split(",")
+    samplers = [(label, probe) for key, label, probe in SAMPLERS if key in chosen]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     print(f"binomial family, {args.students:,} students x 12 weeks, iter=1000, chains=2\n")
     print(row("seed", "sampler", "fit s", "leapfrog steps / draw", "step size per chain", "max R-hat", "divergences"))
     print(row(*["---"] * 7))
     times: dict[str, list[float]] = {"probe": [], "plain NUTS": []}
     for seed in seeds:
-        for label, probe in (("probe", None), ("plain NUTS", 0)):
+        for label, probe in samplers:
             status, result, wall, _ = run_limited(
                 args.max_seconds, "binomial", args.students, 12, None, seed, probe_draws=probe
             )

@@ -1,6 +1,7 @@
 """The step-size probe (engines/nuts_step_probe.py) on a 40,000-dim normal, where the U-turn resonance is sharp:
 with the step size fixed inside the band it must step out (trees from hundreds of steps to 31) and still sample
-the target; outside the band it must keep the step size; with too little warm-up it must be exactly plain NUTS."""
+the target; outside the band (also where a nudge would merely halve the trees) it must keep the step size; with too
+little warm-up it must be exactly plain NUTS."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ DIM = 40_000
 # NumPyro's NUTS a fixed step of 0.0995 or less takes 63 leapfrog steps per draw, 0.102 or more 31, and 0.1005
 # about 520 (measured while writing the probe).
 VAR = np.exp(0.15 * np.random.default_rng(0).standard_normal(DIM))
-IN_BAND, ABOVE_BAND = 0.1005, 0.105
+IN_BAND, ABOVE_BAND, BELOW_SWITCH = 0.1005, 0.105, 0.0995
 
 
 def _potential(x: dict[str, jax.Array]) -> jax.Array:
@@ -49,11 +50,16 @@ def test_a_step_size_in_the_resonance_band_is_nudged_out_and_the_target_kept() -
     assert np.mean(x / np.sqrt(VAR)) == pytest.approx(0.0, abs=0.01)
 
 
-def test_outside_the_band_the_adapted_step_size_is_kept() -> None:
-    probed = _run(_fixed_step(ProbedNUTS, ABOVE_BAND), warmup=100, samples=20)
+@pytest.mark.parametrize(
+    ("step", "steps"), [(ABOVE_BAND, 31), (BELOW_SWITCH, 63)], ids=["above-band", "below-an-ordinary-halving"]
+)
+def test_outside_the_band_the_adapted_step_size_is_kept(step: float, steps: int) -> None:
+    # Below the switch from 63- to 31-step trees the nudged step would halve the trees; that is no resonance (the
+    # longer trees' draws are worth more), so the probe must leave it.
+    probed = _run(_fixed_step(ProbedNUTS, step), warmup=100, samples=20)
     assert nudged_chains(probed.last_state) == [False]
-    assert float(probed.last_state.adapt_state.step_size) == pytest.approx(ABOVE_BAND, rel=1e-6)
-    assert set(np.asarray(probed.get_extra_fields()["num_steps"]).tolist()) == {31}
+    assert float(probed.last_state.adapt_state.step_size) == pytest.approx(step, rel=1e-6)
+    assert set(np.asarray(probed.get_extra_fields()["num_steps"]).tolist()) == {steps}
 
 
 def test_with_too_little_warmup_it_is_plain_nuts_draw_for_draw() -> None:

@@ -43,8 +43,8 @@ Each gradient is one pass over the rows that yields the likelihood and its gradi
 (:mod:`learnpulse.engines.binomial_loglik`), the cost of the binomial family at scale. Because those many ``w_i``
 are all near standard normal, NUTS's tree length is a step function of the step size with narrow bands where trees
 grow tens of times longer (a U-turn resonance); the binomial sampler therefore checks its adapted step size at the
-end of warm-up and nudges it 4% up when that makes trees clearly shorter (:mod:`learnpulse.engines.nuts_step_probe`:
-the kept draws are still NUTS at one fixed step size).
+end of warm-up and nudges it 4% up when that makes trees several times shorter
+(:mod:`learnpulse.engines.nuts_step_probe`: the kept draws are still NUTS at one fixed step size).
 
 **Per-unit posterior.** Predictions use, for every unit, the posterior mean ``m_i`` and covariance ``V_i`` of its
 coefficients ``c_i = (b0 + u0_i, b1 + u1_i)`` (exact first two moments) and treat ``c_i`` as bivariate normal; a unit
