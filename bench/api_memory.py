@@ -5,10 +5,11 @@ default, and the route's own row cap), to size the API pod (``deploy.API_RESOURC
 Each case runs in a fresh process: the app (``create_app``, SQLite, token auth on) built, the body generated and
 serialised, then one ``POST`` through Starlette's TestClient in the same process, so the peak RSS is the server's
 (parsing, validation, the fit, the answer) plus the client's copy of the body (at most the body limit). Reported:
-the body's size and rows, the status, seconds, RSS before the request and the process's peak RSS. The data are
+the body's size and rows, the status, seconds, RSS before the request, the process's peak RSS and the largest
+peak RSS of its child processes (``engine=prophet`` runs Stan in one; the pod holds both). The data are
 simulated (seeded): growth by ``bench/growth.py``'s ``simulate`` (12 weeks, 5-40 attempts a week), clustering
 four Gaussian blobs over four features, survival exponential times with three covariates, IRT 2PL answers over
-200 items.
+200 items, forecasts a weekly series with trend, yearly cycle and noise.
 
 There is no naive baseline to compare with: the figures size the deployment, they are not a speed claim.
 
@@ -81,6 +82,18 @@ def _irt(answers: int) -> tuple[str, dict[str, Any]]:
     return "/irt/calibrate", {"person": person.tolist(), "item": item.tolist(), "correct": correct.tolist()}
 
 
+def _prophet(engine: str, options: dict[str, Any]) -> Callable[[int], tuple[str, dict[str, Any]]]:
+    def body(points: int) -> tuple[str, dict[str, Any]]:
+        rng = np.random.default_rng(5)
+        ds = np.datetime64("2000-01-03") + 7 * np.arange(points)
+        week = np.arange(points)
+        y = 50 + 0.01 * week + 3 * np.sin(2 * np.pi * week / 52.18) + rng.normal(0, 1, points)
+        out = {"ds": [str(d) for d in ds], "y": np.round(y, 3).tolist(), "engine": engine, "options": options}
+        return "/prophet/fit", out
+
+    return body
+
+
 def _import(module: str, name: str) -> int:
     import importlib
 
@@ -93,6 +106,10 @@ def _growth_cap() -> int:
     return min(rows // WEEKS, _import("learnpulse.api.growth_schemas", "MAX_FIT_UNITS"))
 
 
+def _prophet_cap() -> int:
+    return _import("learnpulse.api.forecast_schemas", "MAX_SERIES_POINTS")
+
+
 # case -> (body builder of a size, typical size, the route's own cap on that size or None, what the size counts)
 CASES: dict[str, tuple[Callable[[int], tuple[str, dict[str, Any]]], int, Callable[[], int | None], str]] = {
     "growth-gaussian": (_growth("gaussian"), 1_000, _growth_cap, "students x 12 weeks"),
@@ -100,6 +117,16 @@ CASES: dict[str, tuple[Callable[[int], tuple[str, dict[str, Any]]], int, Callabl
     "cluster": (_cluster, 10_000, lambda: _import("learnpulse.api.segment_schemas", "MAX_FIT_ROWS"), "rows"),
     "survival": (_survival, 10_000, lambda: _import("learnpulse.api.survival_schemas", "MAX_FIT_ROWS"), "rows"),
     "irt": (_irt, 100_000, lambda: None, "answers"),
+    # A weekly series: two years typical; the cap is the route's MAX_SERIES_POINTS. "-widest": the options that
+    # make the forecast simulation largest (the longest horizon and the most draws the route allows).
+    "prophet-batch": (_prophet("batch", {}), 104, _prophet_cap, "weekly points"),
+    "prophet-batch-widest": (
+        _prophet("batch", {"horizon": 520, "uncertainty_samples": 20_000}),
+        104,
+        _prophet_cap,
+        "weekly points",
+    ),
+    "prophet-prophet": (_prophet("prophet", {}), 104, _prophet_cap, "weekly points"),
 }
 
 
@@ -151,6 +178,7 @@ def _one(case: str, size: int, max_body: int) -> dict[str, Any]:
         "body_mb": len(raw) / 1e6,
         "rss_before": before,
         "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "children_peak": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }
 
 
@@ -163,8 +191,8 @@ def main() -> None:
     if args.one:
         print(json.dumps(_one(args.one[0], int(args.one[1]), args.max_body)))
         return
-    print(row("case", "size", "body MB", "status", "seconds", "RSS before MiB", "peak RSS MiB"))
-    print(row(*["---"] * 7))
+    print(row("case", "size", "body MB", "status", "seconds", "RSS before MiB", "peak RSS MiB", "child peak MiB"))
+    print(row(*["---"] * 8))
     for case in args.cases.split(","):
         builder, typical, cap, unit = CASES[case]
         for size in (typical, _size(builder, cap(), args.max_body)):
@@ -184,6 +212,7 @@ def main() -> None:
                     f"{out['seconds']:.1f}",
                     f"{out['rss_before']:,.0f}",
                     f"{out['peak']:,.0f}",
+                    f"{out['children_peak']:,.0f}" if out["children_peak"] else "",
                 ),
                 flush=True,
             )
