@@ -3,8 +3,8 @@ NUTS, over sampler seeds, on the same simulated students (``bench/growth.py``'s 
 
 Plain NUTS sometimes ends warm-up with a step size inside a U-turn resonance, where trees grow from 31 to
 hundreds of leapfrog steps and the fit takes many times as long (at 20,000 students: 390 s instead of ~45-80 s).
-Each seed is fitted twice, each fit in its own process: with the probe (the engine as shipped) and with
-``probe_draws=0`` (plain NUTS, adaptation over the whole warm-up). Printed per fit: seconds, mean leapfrog steps
+Each seed is fitted once per sampler chosen (both by default), each fit in its own process: with the probe (the
+engine as shipped) and with ``probe_draws=0`` (plain NUTS, adaptation over the whole warm-up). Printed per fit: seconds, mean leapfrog steps
 per kept draw, each chain's step size (``*``: nudged by the probe), max R-hat, divergences; then the mean and worst
 time of each.
 
@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-seconds", type=float, default=900.0, help="stop a fit that runs longer")
     args = parser.parse_args(argv)
     chosen = args.samplers.split(",")
+    unknown = set(chosen) - {key for key, _, _ in SAMPLERS}
+    if unknown:
+        raise SystemExit(f"--samplers: unknown {', '.join(sorted(unknown))} (probe, plain)")
     samplers = [(label, probe) for key, label, probe in SAMPLERS if key in chosen]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     print(f"binomial family, {args.students:,} students x 12 weeks, iter=1000, chains=2\n")
