@@ -4,9 +4,9 @@ NUTS, over sampler seeds, on the same simulated students (``bench/growth.py``'s 
 Plain NUTS sometimes ends warm-up with a step size inside a U-turn resonance, where trees grow from 31 to
 hundreds of leapfrog steps and the fit takes many times as long (at 20,000 students: 390 s instead of ~45-80 s).
 Each seed is fitted once per sampler chosen (both by default), each fit in its own process: with the probe (the
-engine as shipped) and with ``probe_draws=0`` (plain NUTS, adaptation over the whole warm-up). Printed per fit: seconds, mean leapfrog steps
-per kept draw, each chain's step size (``*``: nudged by the probe), max R-hat, divergences; then the mean and worst
-time of each.
+engine as shipped) and with ``probe_draws=0`` (plain NUTS, adaptation over the whole warm-up). Printed per fit:
+seconds, mean leapfrog steps per kept draw, each chain's step size (``*``: nudged by the probe), max R-hat,
+divergences; then the mean and worst time of each.
 
     .venv/bin/python bench/growth_step_probe.py [--students 20000] [--seeds 0,1,2,3] [--samplers probe,plain]
                                                 [--max-seconds 900]
