@@ -76,20 +76,26 @@ class ProbedNUTS(NUTS):  # type: ignore[misc]
         base = state.adapt_state.step_size
         in_a = (i >= start) & (i < start + k)
         in_b = (i >= start + k) & (i < start + 2 * k)
-        step = jnp.where(in_b, base * (1 + self.nudge), base)
+        nudged = base * (1 + self.nudge)
+        step = jnp.where(in_b, nudged, base)
         inner = HMCState(*state[:-1])
         inner = inner._replace(adapt_state=inner.adapt_state._replace(step_size=step))
         new = super().sample(inner, model_args, model_kwargs)
         steps = new.num_steps.astype(jnp.float32)
         probe = state.probe_steps + jnp.stack([jnp.where(in_a, steps, 0.0), jnp.where(in_b, steps, 0.0)], axis=-1)
-        switch = (i == start + 2 * k - 1) & (probe[..., 0] > RESONANCE_RATIO * probe[..., 1])
+        switch = (i == start + 2 * k - 1) & _resonant(probe)
         # From `start` on the adaptation no longer touches the step size: keep the adapted one unless switching.
-        after = jnp.where(i >= start, jnp.where(switch, base * (1 + self.nudge), base), new.adapt_state.step_size)
+        after = jnp.where(i >= start, jnp.where(switch, nudged, base), new.adapt_state.step_size)
         new = new._replace(adapt_state=new.adapt_state._replace(step_size=after))
         return ProbedState(*new, probe)
 
 
 def nudged_chains(state: Any) -> list[bool]:
     """Whether each chain of a finished :class:`ProbedNUTS` run sampled at the nudged step size."""
-    probe = np.asarray(state.probe_steps, dtype=np.float64).reshape(-1, 2)
-    return [bool(adapted > RESONANCE_RATIO * nudged) for adapted, nudged in probe]
+    return [bool(b) for b in _resonant(np.asarray(state.probe_steps).reshape(-1, 2))]
+
+
+def _resonant(probe: Any) -> Any:
+    """The switch rule, on summed tree lengths ``(..., 2)`` (adapted, nudged step), in JAX or NumPy: the adapted
+    step's trees more than ``RESONANCE_RATIO`` times as long as the nudged step's."""
+    return probe[..., 0] > RESONANCE_RATIO * probe[..., 1]
