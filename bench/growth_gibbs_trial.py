@@ -68,16 +68,20 @@ def unit_update(df: int, proposals: int) -> Any:
         log_proposal = -0.5 * (df + 2) * jnp.log1p(jnp.sum(w * w, axis=-1) / df)
         return 0.5 * (z0 * z0 + z1 * z1) - loglik + log_proposal
 
+    def uniform(key: Any, shape: tuple[int, ...]) -> Any:
+        """U(0, 1) without 0 (float32 draws hit 0 about once in 2^23, and log 0 would put an atom in the proposal)."""
+        return jax.random.uniform(key, shape, f32, minval=jnp.finfo(f32).tiny)
+
     def update(rng_key: Any, gibbs_sites: dict[str, Any], hmc_sites: dict[str, Any], data: dict[str, Any]) -> Any:
         h = {k: jnp.asarray(hmc_sites[k], f32) for k in ("b0", "b1", "tau0", "l10", "l11")}
         w = gibbs_sites["w"].astype(f32)
         current = minus_log_weight(w, h, data)
         for key in jax.random.split(rng_key, proposals):
             k_normal, k_chi, k_accept = jax.random.split(key, 3)
-            chi2 = -2.0 * jnp.sum(jnp.log(jax.random.uniform(k_chi, (df // 2, w.shape[0]), f32)), axis=0)
+            chi2 = -2.0 * jnp.sum(jnp.log(uniform(k_chi, (df // 2, w.shape[0]))), axis=0)
             proposal = jax.random.normal(k_normal, w.shape, f32) * jnp.sqrt(df / chi2)[:, None]
             new = minus_log_weight(proposal, h, data)
-            accept = jnp.log(jax.random.uniform(k_accept, current.shape, f32)) < current - new
+            accept = jnp.log(uniform(k_accept, current.shape)) < current - new
             w = jnp.where(accept[:, None], proposal, w)
             current = jnp.where(accept, new, current)
         return {"w": w.astype(gibbs_sites["w"].dtype)}
