@@ -142,13 +142,7 @@ def fit_gibbs(d: Any, seed: int, df: int, proposals: int) -> dict[str, Any]:
     states = mcmc.get_extra_fields(group_by_chain=True)["block_states"][1]
     samples = {k: np.array(v, dtype=np.float64) for k, v in raw.items()}
     del mcmc, raw, kwargs
-    hyper = {
-        "Intercept": samples["b0"],
-        "time": samples["b1"],
-        "sd(Intercept)": samples["tau0"],
-        "sd(time)": samples["tau1"],
-        "cor(Intercept,time)": samples["rho"],
-    }
+    hyper = growth.by_brms_name(samples)
     draws = growth._binomial_unit_draws(samples, laplace)
     mean, cov = growth._draw_moments(draws.reshape(-1, len(data.units), 2))
     out = summarise(hyper, draws, mean, cov)

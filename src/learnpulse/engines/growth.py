@@ -96,7 +96,16 @@ _QUAD_POINTS = 256
 # Hyper-parameter names as brms prints them (the summary's rows).
 PARAMETERS: tuple[str, ...] = ("Intercept", "time", "sd(Intercept)", "sd(time)", "cor(Intercept,time)", "sigma")
 
-__all__ = ["FAMILIES", "GrowthModel", "GrowthPriors"]
+# The sampler's site of each population parameter, by brms name.
+_SITES = dict(zip(PARAMETERS, ("b0", "b1", "tau0", "tau1", "rho", "sigma"), strict=True))
+
+__all__ = ["FAMILIES", "GrowthModel", "GrowthPriors", "by_brms_name"]
+
+
+def by_brms_name(samples: dict[str, FloatArray]) -> dict[str, FloatArray]:
+    """The population parameters' draws from the sampler's sites (``b0, b1, tau0, tau1, rho[, sigma]``), keyed by
+    brms name in :data:`PARAMETERS`' order; ``sigma`` only where it was sampled (gaussian family)."""
+    return {name: samples[site] for name, site in _SITES.items() if site in samples}
 
 
 @dataclass(frozen=True)
@@ -637,15 +646,8 @@ class GrowthModel:
         samples = {k: np.array(v, dtype=np.float64) for k, v in raw.items()}
         sampler = _sampler_stats(mcmc)
         del mcmc, raw, kwargs
-        hyper = {
-            "Intercept": samples["b0"],
-            "time": samples["b1"],
-            "sd(Intercept)": samples["tau0"],
-            "sd(time)": samples["tau1"],
-            "cor(Intercept,time)": samples["rho"],
-        }
+        hyper = by_brms_name(samples)
         if gaussian:
-            hyper["sigma"] = samples["sigma"]
             mean, cov = _gaussian_unit_moments(_sufficient_stats(data), {k: v.ravel() for k, v in hyper.items()})
             unit_draws = None
         else:
