@@ -62,11 +62,9 @@ def unit_update(df: int, proposals: int) -> Any:
         """Per unit: -(log conditional density - log proposal density), constants dropped (the log Jacobian of
         the Laplace coordinates depends on ``h`` only, so it cancels in the ratio)."""
         c0, c1, _ = conditional_map(jnp, w, h, data["q"], data["r"])
-        z0 = (c0 - h["b0"]) / h["tau0"]
-        z1 = (c1 - h["b1"] - h["l10"] * z0) / h["l11"]
         loglik = jnp.sum(_rows(c0, c1, data["time"], data["y"], data["trials"], None)[0], axis=0)
         log_proposal = -0.5 * (df + 2) * jnp.log1p(jnp.sum(w * w, axis=-1) / df)
-        return 0.5 * (z0 * z0 + z1 * z1) - loglik + log_proposal
+        return 0.5 * growth.units_squares(c0, c1, h) - loglik + log_proposal
 
     def uniform(key: Any, shape: tuple[int, ...]) -> Any:
         """U(0, 1) without 0 (float32 draws hit 0 about once in 2^23, and log 0 would put an atom in the proposal)."""

@@ -99,7 +99,7 @@ PARAMETERS: tuple[str, ...] = ("Intercept", "time", "sd(Intercept)", "sd(time)",
 # The sampler's site of each population parameter, by brms name.
 _SITES = dict(zip(PARAMETERS, ("b0", "b1", "tau0", "tau1", "rho", "sigma"), strict=True))
 
-__all__ = ["FAMILIES", "GrowthModel", "GrowthPriors", "by_brms_name"]
+__all__ = ["FAMILIES", "GrowthModel", "GrowthPriors", "by_brms_name", "units_squares"]
 
 
 def by_brms_name(samples: dict[str, FloatArray]) -> dict[str, FloatArray]:
@@ -380,15 +380,23 @@ def _binomial_model(
     numpyro.factor("y", binomial_loglik(c0, c1, time, y, trials, code))
 
 
-def _units_log_density(c0: Any, c1: Any, h: dict[str, Any]) -> Any:
-    """``sum_i log N(c_i | b, L L')`` without its constant, ``L = [[tau0, 0], [l10, l11]]``: ``z = L^-1 (c - b)``
-    in the dtype of ``c0, c1`` (units,), the sum and ``-units log det L`` in double."""
+def units_squares(c0: Any, c1: Any, h: dict[str, Any]) -> Any:
+    """Per unit ``|z_i|^2`` with ``z_i = L^-1 (c_i - b)``, ``L = [[tau0, 0], [l10, l11]]``, in the dtype of ``c0, c1``
+    (units,): ``-|z_i|^2 / 2`` is ``log N(c_i | b, L L')`` up to ``-log det L`` and a constant."""
     import jax.numpy as jnp
 
     b0, b1, tau0, l10, l11 = (jnp.asarray(h[k], c0.dtype) for k in ("b0", "b1", "tau0", "l10", "l11"))
     z0 = (c0 - b0) / tau0
     z1 = (c1 - b1 - l10 * z0) / l11
-    squares = jnp.sum((z0 * z0 + z1 * z1).astype(jnp.float64))
+    return z0 * z0 + z1 * z1
+
+
+def _units_log_density(c0: Any, c1: Any, h: dict[str, Any]) -> Any:
+    """``sum_i log N(c_i | b, L L')`` without its constant (:func:`units_squares`), the sum and ``-units log det L``
+    in double."""
+    import jax.numpy as jnp
+
+    squares = jnp.sum(units_squares(c0, c1, h).astype(jnp.float64))
     return -0.5 * squares - c0.shape[-1] * (jnp.log(h["tau0"]) + jnp.log(h["l11"]))
 
 
