@@ -30,8 +30,11 @@ therefore only started when the time extrapolated linearly from the largest smal
 is stopped after ``--max-seconds``. Skipped or stopped fits print the extrapolation instead of a measurement. The
 default sizes include 10,000 students so that 100,000 is extrapolated from a tenth of it, not a hundredth.
 
+``--sampler gibbs`` fits the binomial family with the engine's NUTS-within-Gibbs sampler (``BRMS_SAMPLER=gibbs``:
+NUTS on the population, Metropolis-Hastings on the units; ``engines/growth_gibbs.py``) instead of joint NUTS.
+
     .venv/bin/python bench/growth.py [--students 1000,10000,100000] [--families gaussian,binomial] [--weeks 12]
-                                     [--max-seconds 900] [--force-binomial] [--no-reference]
+                                     [--sampler nuts|gibbs] [--max-seconds 900] [--force-binomial] [--no-reference]
                                      [--brms auto|on|off] [--brms-max-students 1000] [--brms-max-seconds 3600]
 """
 
@@ -179,10 +182,18 @@ def brms_line(family: str, label: str, ours: dict[str, Any], theirs: dict[str, A
 
 
 def fit_one(
-    family: str, students: int, weeks: int, reference: str | None, seed: int = 1, *, probe_draws: int | None = None
+    family: str,
+    students: int,
+    weeks: int,
+    reference: str | None,
+    seed: int = 1,
+    *,
+    probe_draws: int | None = None,
+    sampler: str = "nuts",
 ) -> dict[str, Any]:
     """One fit in this (child) process: simulate (or read the reference set), fit, return figures. ``probe_draws``:
-    the binomial sampler's step-size probe (``engines/nuts_step_probe.py``; 0 = plain NUTS), default the engine's."""
+    the binomial sampler's step-size probe (``engines/nuts_step_probe.py``; 0 = plain NUTS), default the engine's;
+    ``sampler``: the binomial family's (``nuts`` or ``gibbs``; the gaussian family's is NUTS)."""
     from learnpulse.engines import nuts_step_probe
     from learnpulse.engines.growth import GrowthModel
 
@@ -190,7 +201,8 @@ def fit_one(
         nuts_step_probe.PROBE_DRAWS = probe_draws
 
     d = bench_data(family, students, weeks, reference)
-    model = GrowthModel(family, iter=ITER, chains=CHAINS, seed=seed)
+    sampler = sampler if family == "binomial" else "nuts"
+    model = GrowthModel(family, iter=ITER, chains=CHAINS, seed=seed, sampler=sampler)
     start = time.perf_counter()
     if family == "binomial":
         model.fit(d["unit"], d["time"], d["correct"], d["trials"])
@@ -308,6 +320,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-reference", action="store_true", help="do not time the brms reference set")
     parser.add_argument("--seed", type=int, default=1, help="the sampler's seed (the data's is fixed)")
     parser.add_argument(
+        "--sampler", choices=("nuts", "gibbs"), default="nuts", help="the binomial family's (BRMS_SAMPLER)"
+    )
+    parser.add_argument(
         "--brms", choices=("auto", "on", "off"), default="auto", help="fit brms on the same data (auto: if R has it)"
     )
     parser.add_argument("--brms-max-students", type=int, default=1_000, help="largest simulated set brms fits")
@@ -347,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
         diag, seconds = result["diagnostics"], result["seconds"]
         key: Any = "growth_200" if label == "brms reference set" else (students if weeks == 12 else None)
         line = row(
-            family,
+            f"{family} ({args.sampler})" if family == "binomial" else family,
             label,
             f"{result['units']:,} x {weeks}",
             f"{seconds:.1f}",
@@ -363,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
         print(line, flush=True)
         fitted.append((family, label, students, result))
 
-    print(f"## Growth engine: NUTS, iter={ITER}, chains={CHAINS}\n", flush=True)
+    print(f"## Growth engine: iter={ITER}, chains={CHAINS}, binomial sampler {args.sampler}\n", flush=True)
     if "gaussian" in families and not args.no_reference and REFERENCE.exists():
         status, result, _, peak = run_limited(args.max_seconds, "gaussian", 200, 12, str(REFERENCE), args.seed)
         if status == "ok":
@@ -377,7 +392,9 @@ def main(argv: list[str] | None = None) -> None:
                 base = measured[family][-1] if measured[family] else None
                 if base is None and students > 1_000:
                     print("(binomial: running a 1,000-student pilot to extrapolate from)", flush=True)
-                    status, result, _, peak = run_limited(args.max_seconds, family, 1_000, args.weeks, None, args.seed)
+                    status, result, _, peak = run_limited(
+                        args.max_seconds, family, 1_000, args.weeks, None, args.seed, sampler=args.sampler
+                    )
                     if status == "ok":
                         measured[family].append((1_000, result["seconds"]))
                         report(family, "simulated (pilot)", 1_000, result, peak)
@@ -397,7 +414,9 @@ def main(argv: list[str] | None = None) -> None:
                         )
                         print(notes[-1], flush=True)
                         continue
-            status, result, _, peak = run_limited(args.max_seconds, family, students, args.weeks, None, args.seed)
+            status, result, _, peak = run_limited(
+                args.max_seconds, family, students, args.weeks, None, args.seed, sampler=args.sampler
+            )
             if status != "ok":
                 notes.append(f"- {family}, {students:,} x {args.weeks}: {result}")
                 print(notes[-1], flush=True)

@@ -413,6 +413,7 @@ def test_configmap_holds_valid_defaults(docs: list[Doc]) -> None:
         "BRMS_ITER": "1000",
         "BRMS_CHAINS": "2",
         "BRMS_FAMILY": "gaussian",
+        "BRMS_SAMPLER": "nuts",
         "PROPHET_LOOKBACK_WEEKS": "12",
         "PROPHET_FORECAST_WEEKS": "4",
         "PROPHET_ANOMALY_THRESHOLD": "2.5",

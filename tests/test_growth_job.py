@@ -13,6 +13,7 @@ from scipy.special import ndtr
 from sqlalchemy import Engine
 
 from learnpulse import metrics
+from learnpulse.engines import growth as growth_engine
 from learnpulse.errors import DiagnosticsFailedError, NotFoundError
 from learnpulse.jobs import fit_bayesian_growth as job
 from learnpulse.settings import load_settings
@@ -90,6 +91,30 @@ def test_fit_stores_the_model_p_and_sigma_and_a_rerun_replaces_them(school: Engi
     np.testing.assert_allclose(
         again.sort_values("user_id")["p"].to_numpy(), units.sort_values("user_id")["p"].to_numpy()
     )
+
+
+def test_the_binomial_family_with_the_gibbs_sampler(school: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BRMS_FAMILY=binomial, BRMS_SAMPLER=gibbs: the run passes the gate and stores P for every goal; the rows are
+    laid out as a grid with a column per student (shared weeks, or each student's own rows padded)."""
+    layouts: list[dict[str, np.ndarray]] = []
+    original = growth_engine._binomial_layout
+
+    def record(data: growth_engine.GrowthData, *, grid: bool = False) -> dict[str, np.ndarray]:
+        layouts.append(original(data, grid=grid))
+        return layouts[-1]
+
+    monkeypatch.setattr(growth_engine, "_binomial_layout", record)
+    result = run_named(school, job.NAME, SMALL_AS_OF, brms_family="binomial", brms_sampler="gibbs", **FAST)
+    assert layouts and all("code" not in layout for layout in layouts)
+    row = read_table(school, "growth_brms_meta").iloc[0]
+    assert row["status"] == "succeeded" and row["family"] == "binomial"
+    diagnostics = row["diagnostics"]
+    assert diagnostics["sampler"] == "gibbs" and diagnostics["max_rhat"] <= job.MAX_RHAT
+    assert 0.5 <= diagnostics["units_acceptance"] < 1
+    units = read_table(school, "growth_unit")
+    with_p = units[units["p"].notna()]
+    assert with_p["p"].between(0, 1).all() and (with_p["sigma"] > 0).all()
+    assert result.summary["goal_probabilities"] == len(with_p) > 0
 
 
 def test_failed_diagnostics_are_recorded_and_the_previous_model_stays(

@@ -20,6 +20,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.database_url == "sqlite:///learnpulse.db"
     assert s.learnpulse_timezone == "Asia/Seoul" and s.timezone.key == "Asia/Seoul"
     assert (s.lookback_weeks, s.brms_iter, s.brms_chains, s.brms_family) == (12, 1000, 2, "gaussian")
+    assert s.brms_sampler == "nuts"
     assert (s.prophet_lookback_weeks, s.prophet_forecast_weeks, s.prophet_anomaly_threshold) == (12, 4, 2.5)
     assert (s.survival_lookback_days, s.survival_event_threshold_days, s.survival_update_kpi) == (90, 14, True)
     assert (s.cluster_lookback_weeks, s.cluster_n_clusters, s.cluster_method) == (12, None, "kmeans")
@@ -31,6 +32,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         ("LEARNPULSE_TIMEZONE", "Mars/Olympus", "unknown IANA time zone"),
         ("BRMS_CHAINS", "two", "integer"),
         ("BRMS_FAMILY", "poisson", "gaussian"),
+        ("BRMS_SAMPLER", "hmc", "gibbs"),
         ("SURVIVAL_UPDATE_KPI", "maybe", "bool"),
         ("CLUSTER_N_CLUSTERS", "1", "greater than or equal to 2"),
         ("DATABASE_URL", "mysql://x/y", "sqlite"),
@@ -44,6 +46,15 @@ def test_a_bad_value_names_the_variable(
         load_settings()
     assert info.value.details["variable"] == variable
     assert variable in info.value.message and fragment in info.value.message
+
+
+def test_the_gibbs_sampler_needs_the_binomial_family(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRMS_SAMPLER", "gibbs")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert info.value.details["variable"] == "BRMS_SAMPLER" and "binomial" in info.value.message
+    monkeypatch.setenv("BRMS_FAMILY", "binomial")
+    assert load_settings().brms_sampler == "gibbs"
 
 
 def test_empty_cluster_count_means_automatic(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     brms_iter: int = Field(1000, ge=20)
     brms_chains: int = Field(2, ge=1, le=64)
     brms_family: Literal["gaussian", "binomial"] = "gaussian"
+    # nuts: NUTS on every parameter; gibbs (binomial only): NUTS on the population within a Gibbs sweep whose units
+    # take Metropolis-Hastings steps, ~4x faster at 100,000 students (engines/growth_gibbs.py).
+    brms_sampler: Literal["nuts", "gibbs"] = "nuts"
     metrics_use_bayesian: bool = False
 
     # --- forecast-prophet -------------------------------------------------------------------------------------
@@ -83,6 +86,14 @@ class Settings(BaseSettings):
         medium = info.data.get("inactivity_tier_medium")  # absent when medium itself was invalid
         if medium is not None and not value > medium:
             raise ValueError(f"must be greater than INACTIVITY_TIER_MEDIUM ({medium})")
+        return value
+
+    @field_validator("brms_sampler")
+    @classmethod
+    def _sampler_fits_family(cls, value: str, info: ValidationInfo) -> str:
+        family = info.data.get("brms_family")  # absent when the family itself was invalid
+        if value == "gibbs" and family == "gaussian":
+            raise ValueError("gibbs is for BRMS_FAMILY=binomial (the gaussian family's units are integrated out)")
         return value
 
     @field_validator("learnpulse_timezone")

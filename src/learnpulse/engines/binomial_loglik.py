@@ -74,3 +74,9 @@ def binomial_loglik(c0: Any, c1: Any, time: Any, y: Any, trials: Any, code: Any)
 
 
 binomial_loglik.defvjp(_forward, _backward)
+
+
+def grid_loglik(c0: Any, c1: Any, time: Any, y: Any, trials: Any) -> Any:
+    """Per unit (units,), in single precision: the grid's log likelihood terms summed over each unit's rows, for
+    steps that need no gradient (the gibbs sampler's Metropolis-Hastings proposals)."""
+    return jnp.sum(_rows(c0, c1, time, y, trials, None)[0], axis=0)

@@ -46,6 +46,14 @@ grow tens of times longer (a U-turn resonance); the binomial sampler therefore c
 end of warm-up and nudges it 4% up when that makes trees several times shorter
 (:mod:`learnpulse.engines.nuts_step_probe`: the kept draws are still NUTS at one fixed step size).
 
+``sampler="gibbs"`` (binomial family; the job's ``BRMS_SAMPLER=gibbs``) samples the same model and posterior by
+NUTS-within-Gibbs (:mod:`learnpulse.engines.growth_gibbs`): NumPyro NUTS on the five population parameters given the
+units, and for each unit's ``w_i`` given the population, BlackJAX's independence Metropolis-Hastings with Student-t
+proposals (the ``w_i`` are near standard normal, so most proposals are accepted and each is a fresh draw); two sweeps
+per iteration. A sweep costs ~6 gradient passes over the rows for the population and three gradient-free ones for
+the units, against ~63 gradients per draw for joint NUTS, so it is several times faster on large data
+(bench/RESULTS.md). The units' data are then a grid even for irregular rows (:func:`_binomial_layout` with ``grid``).
+
 **Per-unit posterior.** Predictions use, for every unit, the posterior mean ``m_i`` and covariance ``V_i`` of its
 coefficients ``c_i = (b0 + u0_i, b1 + u1_i)`` (exact first two moments) and treat ``c_i`` as bivariate normal; a unit
 not in the fit gets the population draw ``c = b + u`` with mean ``E[b]`` and covariance ``Cov(b) + E[Sigma]``.
@@ -90,6 +98,9 @@ from learnpulse.errors import InsufficientDataError, InvalidInputError
 FloatArray = npt.NDArray[np.float64]
 Family = Literal["gaussian", "binomial"]
 FAMILIES: tuple[str, ...] = ("gaussian", "binomial")
+# "nuts": NUTS over every parameter; "gibbs" (binomial family): NUTS on the population within a Gibbs sweep whose
+# units take independence Metropolis-Hastings steps (learnpulse.engines.growth_gibbs).
+SAMPLERS: tuple[str, ...] = ("nuts", "gibbs")
 ENGINE = "growth"
 FORMAT_VERSION = 1
 _QUAD_POINTS = 256
@@ -493,7 +504,8 @@ class GrowthModel:
     """``y ~ time + (time | unit)`` with NUTS. ``fit`` then ``predict`` / ``goal_probability``; see the module doc.
 
     Parameters: ``family`` (gaussian | binomial), ``iter`` (per chain, warm-up included, as brms),
-    ``chains``, ``seed``, ``priors``, ``target_accept`` (brms's ``adapt_delta``), ``max_tree_depth``.
+    ``chains``, ``seed``, ``priors``, ``target_accept`` (brms's ``adapt_delta``), ``max_tree_depth``, ``sampler``
+    (``nuts``; or ``gibbs`` for the binomial family: see the module docstring).
     """
 
     def __init__(
@@ -506,6 +518,7 @@ class GrowthModel:
         priors: GrowthPriors | None = None,
         target_accept: float = 0.8,
         max_tree_depth: int = 10,
+        sampler: str = "nuts",
     ) -> None:
         self.family = family
         self.iter = iter
@@ -514,6 +527,7 @@ class GrowthModel:
         self.priors = priors or GrowthPriors()
         self.target_accept = target_accept
         self.max_tree_depth = max_tree_depth
+        self.sampler = sampler
         self.units_: list[Any] | None = None
         self.coef_mean_: FloatArray | None = None  # (units, 2): posterior mean of (b0 + u0_i, b1 + u1_i)
         self.coef_cov_: FloatArray | None = None  # (units, 2, 2)
@@ -537,6 +551,7 @@ class GrowthModel:
             "priors": asdict(self.priors),
             "target_accept": self.target_accept,
             "max_tree_depth": self.max_tree_depth,
+            "sampler": self.sampler,
         }
 
     def _check_params(self) -> None:
@@ -547,6 +562,16 @@ class GrowthModel:
             problems.append(("iter", f"iter must be an even number >= 20 (got {self.iter})"))
         if self.chains < 1:
             problems.append(("chains", f"chains must be >= 1 (got {self.chains})"))
+        if self.sampler not in SAMPLERS:
+            problems.append(("sampler", f"unknown sampler {self.sampler!r}: use one of {', '.join(SAMPLERS)}"))
+        elif self.sampler == "gibbs" and self.family != "binomial":
+            problems.append(
+                (
+                    "sampler",
+                    "the gibbs sampler is for the binomial family: the gaussian family's units are integrated out "
+                    "exactly and NUTS samples its six population parameters alone",
+                )
+            )
         if not 0.5 <= self.target_accept < 1:
             problems.append(("target_accept", f"target_accept must be in [0.5, 1) (got {self.target_accept})"))
         if problems:
@@ -646,7 +671,7 @@ class GrowthModel:
             chain_method=method,
             progress_bar=False,
         )
-        mcmc.run(jax.random.PRNGKey(self.seed), extra_fields=("diverging", "num_steps"), **kwargs)
+        mcmc.run(jax.random.PRNGKey(self.seed), extra_fields=_extra_fields(kernel), **kwargs)
         raw = mcmc.get_samples(group_by_chain=True)
         if gaussian:
             raw = start.constrain(raw)  # the potential's unconstrained draws -> b0, tau0, ..., tau1, rho, sigma
@@ -696,6 +721,7 @@ class GrowthModel:
             "max_rhat": float(diag["rhat"].max()),
             "min_ess_bulk": float(diag["ess_bulk"].min()),
             "min_ess_tail": float(diag["ess_tail"].min()),
+            "sampler": self.sampler,
             **sampler,
             "divergence_share": sampler["divergences"] / n_draws,
             "draws": n_draws,
@@ -989,12 +1015,25 @@ def _draw_moments(draws: FloatArray, block: int = 100) -> tuple[FloatArray, Floa
     return mean, cross / max(n - 1, 1)
 
 
+def _extra_fields(kernel: Any) -> tuple[str, ...]:
+    """What :func:`_sampler_stats` needs recorded per iteration by ``kernel``."""
+    from learnpulse.engines.growth_gibbs import GIBBS_FIELDS, SweepsGibbs
+
+    return GIBBS_FIELDS if isinstance(kernel, SweepsGibbs) else ("diverging", "num_steps")
+
+
 def _sampler_stats(mcmc: Any) -> dict[str, Any]:
     """What NUTS did, after a run: divergent transitions (sampling), mean leapfrog steps per kept draw (the cost
     of a draw, in gradients), each chain's step size and, for :class:`ProbedNUTS`, whether each chain's step size
-    was nudged out of a U-turn resonance (see :mod:`learnpulse.engines.nuts_step_probe`)."""
+    was nudged out of a U-turn resonance (see :mod:`learnpulse.engines.nuts_step_probe`). For the gibbs sampler the
+    population block's figures and the units' acceptance rate (:func:`learnpulse.engines.growth_gibbs.gibbs_stats`).
+    """
+    from learnpulse.engines.growth_gibbs import SweepsGibbs, gibbs_stats
+
     fields = mcmc.get_extra_fields()
     last = mcmc.last_state
+    if isinstance(mcmc.sampler, SweepsGibbs):
+        return gibbs_stats(fields, last, mcmc.sampler.sweeps)
     stats: dict[str, Any] = {
         "divergences": int(np.asarray(fields["diverging"]).sum()),
         "mean_leapfrog_steps": float(np.asarray(fields["num_steps"]).mean()),
@@ -1010,7 +1049,9 @@ def _sampler_stats(mcmc: Any) -> dict[str, Any]:
 def _binomial_kernel(
     data: GrowthData, laplace: UnitLaplace, model: GrowthModel, loc: float
 ) -> tuple[Any, dict[str, Any]]:
-    """NUTS for :func:`_binomial_model` and the keyword arguments of its run (data, starting points).
+    """The sampler for :func:`_binomial_model` (``model.sampler``: NUTS on everything, or NUTS on the population
+    within a Gibbs sweep over the units, :func:`_binomial_gibbs`) and the keyword arguments of its run (data,
+    starting points).
 
     Mass matrix: one dense block for the five population parameters (``b0, b1, l10`` and ``log tau0, log l11``)
     and a diagonal for the units' ``w``, which the Laplace reparameterisation has already made near-standard;
@@ -1019,6 +1060,7 @@ def _binomial_kernel(
     plus two rough SDs of noise, and ``w ~ N(0, I)``, the units' approximate conditional posterior.
     """
     import jax.numpy as jnp
+    from numpyro.infer import NUTS
 
     from learnpulse.engines.nuts_step_probe import ProbedNUTS
 
@@ -1049,32 +1091,59 @@ def _binomial_kernel(
     init["w"] = jnp.asarray(rng.standard_normal((chains, n, 2)))
     if chains == 1:
         init = {k: v[0] for k, v in init.items()}
+    gibbs = model.sampler == "gibbs"
     # NUTS with the step-size probe: in the units' many near-standard coordinates a step size can fall in a U-turn
-    # resonance that makes every tree up to ~30x longer (see nuts_step_probe).
-    kernel = ProbedNUTS(
+    # resonance that makes every tree up to ~30x longer (see nuts_step_probe). The gibbs sampler's NUTS has the five
+    # population parameters only.
+    kernel = (NUTS if gibbs else ProbedNUTS)(
         functools.partial(_binomial_model, priors=model.priors, loc=loc),
         target_accept_prob=model.target_accept,
         max_tree_depth=model.max_tree_depth,
         dense_mass=[block],
-        inverse_mass_matrix=inverse_mass,
+        inverse_mass_matrix={block: inverse_mass[block]} if gibbs else inverse_mass,
         # As for the gaussian family: Stan's shrinkage towards 1e-3 I would swamp the population parameters'
         # posterior variances, which shrink like 1 / units.
         regularize_mass_matrix=False,
     )
     # The approximations in single precision (see _binomial_model).
     kwargs = {"init_params": init, "q": jnp.asarray(laplace.q, jnp.float32), "r": jnp.asarray(laplace.r, jnp.float32)}
-    kwargs |= {k: jnp.asarray(v) for k, v in _binomial_layout(data).items()}
+    layout = _binomial_layout(data, grid=gibbs)
+    kwargs |= {k: jnp.asarray(v) for k, v in layout.items()}
+    if gibbs:
+        from learnpulse.engines.growth_gibbs import nuts_within_gibbs
+
+        axes = {"q": 0, "r": 0, "y": 1, "trials": 1, "time": 1 if layout["time"].ndim == 2 else None}
+        return nuts_within_gibbs(kernel, _unit_log_density_given, axes), kwargs
     return kernel, kwargs
 
 
-def _binomial_layout(data: GrowthData) -> dict[str, npt.NDArray[Any]]:
+def _unit_log_density_given(w: Any, population: Any, data: Any) -> Any:
+    """One unit's ``log p(w_i | h, data_i)`` in :func:`_binomial_model`'s coordinates, up to a constant in ``w_i``
+    (the change of variables' log Jacobian depends on ``h`` only): ``log N(c_i | b, Sigma) +`` the unit's binomial
+    log likelihood, ``c_i`` from ``w_i`` (2,). ``population``: the constrained ``b0, b1, tau0, l10, l11``;
+    ``data``: the unit's ``q`` (3,), ``r`` (2,), ``y``, ``trials`` and ``time`` (its grid column, or the shared
+    times). For the gibbs sampler's units (:mod:`learnpulse.engines.growth_gibbs`), which vmaps it."""
+    import jax.numpy as jnp
+
+    from learnpulse.engines.binomial_loglik import grid_loglik
+
+    f32 = jnp.float32
+    h = {k: jnp.asarray(population[k], f32) for k in ("b0", "b1", "tau0", "l10", "l11")}
+    c0, c1, _ = conditional_map(jnp, w[None].astype(f32), h, data["q"][None], data["r"][None])
+    loglik = grid_loglik(c0, c1, data["time"][:, None], data["y"][:, None], data["trials"][:, None])
+    return loglik[0] - 0.5 * units_squares(c0, c1, h)[0]
+
+
+def _binomial_layout(data: GrowthData, *, grid: bool = False) -> dict[str, npt.NDArray[Any]]:
     """The rows for :func:`_binomial_model`, in as few bytes as they allow (the sampler reads them at every step).
 
     When every unit has rows at about the same times (weekly data: units x distinct times at most twice the rows):
     ``time`` (distinct times,) and ``y``, ``trials`` as (distinct times, units) matrices, zero where a unit has no
     row; rows of one unit at one time are added up, which leaves the likelihood unchanged (both are linear in
-    ``(y, trials)`` at a given ``eta``). Otherwise the flat rows with each row's unit index ``code``. Counts are
-    16-bit integers when they fit (the sampler converts them as it reads), times single precision."""
+    ``(y, trials)`` at a given ``eta``). Otherwise the flat rows with each row's unit index ``code``, or, with
+    ``grid`` (the gibbs sampler's units need one column each), a (most rows of a unit, units) grid of each unit's
+    rows in turn with its own ``time`` grid, zero-padded. Counts are 16-bit integers when they fit (the sampler
+    converts them as it reads), times single precision."""
     assert data.trials is not None
     n_units = len(data.units)
     times, column = np.unique(data.time, return_inverse=True)
@@ -1088,6 +1157,19 @@ def _binomial_layout(data: GrowthData) -> dict[str, npt.NDArray[Any]]:
             for v in (data.y, data.trials)
         )
         out = {"time": times.astype(np.float32)}
+    elif grid:
+        order = np.argsort(data.code, kind="stable")
+        code = data.code[order]
+        slot = np.arange(len(code)) - np.searchsorted(code, code)  # the row's place among its unit's rows
+        shape = (int(slot.max()) + 1, n_units)
+
+        def padded(values: FloatArray) -> FloatArray:
+            cells = np.zeros(shape)
+            cells[slot, code] = values[order]
+            return cells
+
+        y, trials = padded(data.y), padded(data.trials)
+        out = {"time": padded(data.time).astype(np.float32)}
     else:
         y, trials = data.y, data.trials
         out = {"time": data.time.astype(np.float32), "code": data.code}

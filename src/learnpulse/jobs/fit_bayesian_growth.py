@@ -81,7 +81,11 @@ def fit_model(
     settings: Settings, data: dict[str, np.ndarray[Any, Any]], *, iterations: int | None = None
 ) -> GrowthModel:
     model = GrowthModel(
-        settings.brms_family, iter=iterations or settings.brms_iter, chains=settings.brms_chains, seed=SEED
+        settings.brms_family,
+        iter=iterations or settings.brms_iter,
+        chains=settings.brms_chains,
+        seed=SEED,
+        sampler=settings.brms_sampler,
     )
     return model.fit(data["unit"], data["time"], data["y"], data.get("trials"))
 
@@ -267,6 +271,6 @@ FIT_BAYESIAN_GROWTH = Job(
     run=run,
     schedule=cron_of(NAME),
     description=BY_NAME[NAME].description,
-    settings=("LOOKBACK_WEEKS", "BRMS_ITER", "BRMS_CHAINS", "BRMS_FAMILY"),
+    settings=("LOOKBACK_WEEKS", "BRMS_ITER", "BRMS_CHAINS", "BRMS_FAMILY", "BRMS_SAMPLER"),
     on_failure=record_failure,
 )
