@@ -71,7 +71,29 @@ def test_fit_route_returns_the_engines_answer(api: TestClient) -> None:
     assert bad.status_code == 422
     binomial = api.post("/growth/fit", json={**body, "family": "binomial"})  # no trials
     assert binomial.status_code == 422 and "trials" in binomial.text
+    gibbs = api.post("/growth/fit", json={**body, "sampler": "gibbs"})  # the gaussian family has no units to sample
+    assert gibbs.status_code == 422 and "sampler" in gibbs.text and "binomial" in gibbs.text
     assert api.post("/growth/fit", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_client_fits_the_binomial_family_with_the_gibbs_sampler(api: TestClient) -> None:
+    data = _simulated()
+    rng = np.random.default_rng(5)
+    trials = rng.integers(5, 30, len(data))
+    correct = rng.binomial(trials, data["y"].clip(0.05, 0.95))
+    out = _client(api).fit_growth(
+        data["unit"].tolist(),
+        data["time"].tolist(),
+        correct.tolist(),
+        trials.tolist(),
+        family="binomial",
+        iter=400,
+        sampler="gibbs",
+    )
+    assert out.family == "binomial" and out.diagnostics["sampler"] == "gibbs"
+    assert 0.5 <= out.diagnostics["units_acceptance"] < 1 and out.diagnostics["divergences"] == 0
+    rows = {row.parameter: row for row in out.parameters}
+    assert rows["time"].q2_5 <= 0.04 <= rows["time"].q97_5  # accuracy ~0.5 + 0.01 t: a logit slope of ~0.04
 
 
 def test_fit_route_refuses_more_rows_than_it_can_fit_in_a_request(api: TestClient) -> None:

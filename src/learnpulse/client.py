@@ -376,9 +376,11 @@ class Client:
         iter: int = 1000,
         chains: int = 2,
         seed: int = 0,
+        sampler: Literal["nuts", "gibbs"] = "nuts",
     ) -> GrowthFitResponse:
-        """``POST /growth/fit``: fit ``y ~ time + (time | unit)`` with NUTS on the given rows (nothing is stored).
-        Deterministic for a seed, so retried like an idempotent call."""
+        """``POST /growth/fit``: fit ``y ~ time + (time | unit)`` with NUTS (``sampler="gibbs"``, binomial only: NUTS
+        on the population, Metropolis-Hastings on the units) on the given rows (nothing is stored). Deterministic for
+        a seed, so retried like an idempotent call."""
         body: dict[str, Any] = {
             "family": family,
             "unit": list(unit),
@@ -388,6 +390,7 @@ class Client:
             "iter": iter,
             "chains": chains,
             "seed": seed,
+            "sampler": sampler,
         }
         data = self._request("POST", "/growth/fit", json=body, idempotent=True)
         return GrowthFitResponse.model_validate(data)

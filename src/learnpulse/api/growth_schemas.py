@@ -34,6 +34,9 @@ class GrowthFitRequest(BaseModel):
     iter: int = Field(1000, ge=20, le=20000, description="iterations per chain, half of them warm-up (brms)")
     chains: int = Field(2, ge=1, le=8)
     seed: int = 0
+    sampler: Literal["nuts", "gibbs"] = Field(
+        "nuts", description="nuts, or gibbs for the binomial family (BRMS_SAMPLER: NUTS on the population only)"
+    )
 
     @model_validator(mode="after")
     def _fits_in_a_request(self) -> GrowthFitRequest:

@@ -46,9 +46,9 @@ def fit(request: Annotated[GrowthFitRequest, Body()]) -> GrowthFitResponse:
     """Fit ``y ~ time + (time | unit)`` (gaussian) or ``y | trials(trials) ~ time + (time | unit)`` (binomial)
     with NUTS and return the posterior summary (brms's table with R-hat and ESS), the diagnostics and the model.
     Nothing is stored."""
-    model = GrowthModel(request.family, iter=request.iter, chains=request.chains, seed=request.seed).fit(
-        request.unit, request.time, request.y, request.trials
-    )
+    model = GrowthModel(
+        request.family, iter=request.iter, chains=request.chains, seed=request.seed, sampler=request.sampler
+    ).fit(request.unit, request.time, request.y, request.trials)
     table = model.fixed_effects()
     return GrowthFitResponse(
         formula=model.formula,
