@@ -50,7 +50,7 @@ end of warm-up and nudges it 4% up when that makes trees several times shorter
 NUTS-within-Gibbs (:mod:`learnpulse.engines.growth_gibbs`): NumPyro NUTS on the five population parameters given the
 units, and for each unit's ``w_i`` given the population, BlackJAX's independence Metropolis-Hastings with Student-t
 proposals (the ``w_i`` are near standard normal, so most proposals are accepted and each is a fresh draw); two sweeps
-per iteration. A sweep costs ~6 gradient passes over the rows for the population and three gradient-free ones for
+per iteration. A sweep costs ~6 gradient passes over the rows for the population and two gradient-free ones for
 the units, against ~63 gradients per draw for joint NUTS, so it is several times faster on large data
 (bench/RESULTS.md). The units' data are then a grid even for irregular rows (:func:`_binomial_layout` with ``grid``).
 
@@ -1050,8 +1050,8 @@ def _binomial_kernel(
     data: GrowthData, laplace: UnitLaplace, model: GrowthModel, loc: float
 ) -> tuple[Any, dict[str, Any]]:
     """The sampler for :func:`_binomial_model` (``model.sampler``: NUTS on everything, or NUTS on the population
-    within a Gibbs sweep over the units, :func:`_binomial_gibbs`) and the keyword arguments of its run (data,
-    starting points).
+    within a Gibbs sweep over the units, :func:`learnpulse.engines.growth_gibbs.nuts_within_gibbs`) and the keyword
+    arguments of its run (data, starting points).
 
     Mass matrix: one dense block for the five population parameters (``b0, b1, l10`` and ``log tau0, log l11``)
     and a diagonal for the units' ``w``, which the Laplace reparameterisation has already made near-standard;
