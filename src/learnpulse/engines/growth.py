@@ -1033,7 +1033,7 @@ def _sampler_stats(mcmc: Any) -> dict[str, Any]:
     fields = mcmc.get_extra_fields()
     last = mcmc.last_state
     if isinstance(mcmc.sampler, SweepsGibbs):
-        return gibbs_stats(fields, last, mcmc.sampler.sweeps)
+        return gibbs_stats(fields, last)
     stats: dict[str, Any] = {
         "divergences": int(np.asarray(fields["diverging"]).sum()),
         "mean_leapfrog_steps": float(np.asarray(fields["num_steps"]).mean()),
