@@ -1081,17 +1081,16 @@ def _binomial_kernel(
         "l11": math.sqrt(2.0 / n) * total[1, 1] / cov[1, 1],
     }
     block = tuple(sorted(centre))
-    inverse_mass = {
-        block: jnp.diag(jnp.asarray([(2.0 * rough[k]) ** 2 for k in block])),
-        ("w",): jnp.ones(2 * n),
-    }
+    gibbs = model.sampler == "gibbs"
+    inverse_mass = {block: jnp.diag(jnp.asarray([(2.0 * rough[k]) ** 2 for k in block]))}
+    if not gibbs:  # the gibbs sampler's NUTS has the population block only
+        inverse_mass[("w",)] = jnp.ones(2 * n)
     rng = np.random.default_rng(model.seed)
     chains = model.chains
     init = {k: jnp.asarray(centre[k] + 2.0 * rough[k] * rng.standard_normal(chains)) for k in block}
     init["w"] = jnp.asarray(rng.standard_normal((chains, n, 2)))
     if chains == 1:
         init = {k: v[0] for k, v in init.items()}
-    gibbs = model.sampler == "gibbs"
     # NUTS with the step-size probe: in the units' many near-standard coordinates a step size can fall in a U-turn
     # resonance that makes every tree up to ~30x longer (see nuts_step_probe). The gibbs sampler's NUTS has the five
     # population parameters only.
@@ -1100,7 +1099,7 @@ def _binomial_kernel(
         target_accept_prob=model.target_accept,
         max_tree_depth=model.max_tree_depth,
         dense_mass=[block],
-        inverse_mass_matrix={block: inverse_mass[block]} if gibbs else inverse_mass,
+        inverse_mass_matrix=inverse_mass,
         # As for the gaussian family: Stan's shrinkage towards 1e-3 I would swamp the population parameters'
         # posterior variances, which shrink like 1 / units.
         regularize_mass_matrix=False,

@@ -75,7 +75,7 @@ def student_t_proposal(df: int, dim: int) -> tuple[Callable[[Any], Any], Callabl
         # calls (splits, then normal, then uniform) cost more than the rest of the sweep. Normals by Box-Muller
         # (pairs); chi2 with an even df as -2 sum log U over df / 2 uniforms. Uniforms in (0, 1): log 0 excluded.
         pairs = (dim + 1) // 2
-        dtype = jnp.zeros(()).dtype
+        dtype = jnp.result_type(float)  # float64 with JAX's x64 mode on, else float32
         u = jax.random.uniform(key, (2 * pairs + df // 2,), dtype, minval=np.finfo(dtype).tiny)
         radius = jnp.sqrt(-2.0 * jnp.log(u[:pairs]))
         angle = 2.0 * jnp.pi * u[pairs : 2 * pairs]
@@ -106,7 +106,7 @@ class UnitsIRMH(CustomGibbs):  # type: ignore[misc]  # NumPyro is untyped
         proposals: int = PROPOSALS,
         df: int = DF,
     ) -> None:
-        super().__init__(self._update)
+        super().__init__(self._update)  # CustomGibbs wants a callable; this block's own sample calls _update
         self._site = site
         self._log_density = unit_log_density
         self._axes = dict(unit_axes)
