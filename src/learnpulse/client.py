@@ -49,6 +49,7 @@ from learnpulse.api.survival_schemas import (
     SurvivalFitResponse,
     SurvivalPredictResponse,
 )
+from learnpulse.engines.growth_options import Family, Sampler
 from learnpulse.errors import LearnpulseError
 
 T = TypeVar("T")
@@ -372,11 +373,11 @@ class Client:
         y: Sequence[float],
         trials: Sequence[float] | None = None,
         *,
-        family: Literal["gaussian", "binomial"] = "gaussian",
+        family: Family = "gaussian",
         iter: int = 1000,
         chains: int = 2,
         seed: int = 0,
-        sampler: Literal["nuts", "gibbs"] = "nuts",
+        sampler: Sampler = "nuts",
     ) -> GrowthFitResponse:
         """``POST /growth/fit``: fit ``y ~ time + (time | unit)`` with NUTS (``sampler="gibbs"``, binomial only: NUTS
         on the population, Metropolis-Hastings on the units) on the given rows (nothing is stored). Deterministic for

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from learnpulse.engines.growth_options import Family, Sampler
 from learnpulse.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///learnpulse.db"
@@ -41,10 +42,10 @@ class Settings(BaseSettings):
     lookback_weeks: int = Field(12, ge=2, le=520)
     brms_iter: int = Field(1000, ge=20)
     brms_chains: int = Field(2, ge=1, le=64)
-    brms_family: Literal["gaussian", "binomial"] = "gaussian"
+    brms_family: Family = "gaussian"
     # nuts: NUTS on every parameter; gibbs (binomial only): NUTS on the population within a Gibbs sweep whose units
     # take Metropolis-Hastings steps, ~4x faster at 100,000 students (engines/growth_gibbs.py).
-    brms_sampler: Literal["nuts", "gibbs"] = "nuts"
+    brms_sampler: Sampler = "nuts"
     metrics_use_bayesian: bool = False
 
     # --- forecast-prophet -------------------------------------------------------------------------------------

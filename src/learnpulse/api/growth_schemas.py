@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from learnpulse.engines.growth_options import Family, Sampler
 
 MAX_STUDENTS = 1000
 # POST /growth/fit runs NUTS inside the request. Its caps keep that to seconds or tens of seconds and the API process
@@ -24,7 +26,7 @@ class GrowthFitRequest(BaseModel):
     ``trials`` (binomial)."""
 
     model_config = ConfigDict(extra="forbid")
-    family: Literal["gaussian", "binomial"] = "gaussian"
+    family: Family = "gaussian"
     unit: list[int | str] = Field(min_length=2, max_length=MAX_FIT_ROWS, description=f"Unit (student) id, {_ROWS}.")
     time: list[float] = Field(
         min_length=2, max_length=MAX_FIT_ROWS, description="Time of the row (e.g. week), from an origin near the data."
@@ -34,7 +36,7 @@ class GrowthFitRequest(BaseModel):
     iter: int = Field(1000, ge=20, le=20000, description="iterations per chain, half of them warm-up (brms)")
     chains: int = Field(2, ge=1, le=8)
     seed: int = 0
-    sampler: Literal["nuts", "gibbs"] = Field(
+    sampler: Sampler = Field(
         "nuts", description="nuts, or gibbs for the binomial family (BRMS_SAMPLER: NUTS on the population only)"
     )
 

@@ -83,7 +83,7 @@ import os
 import threading
 import time as _time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -92,15 +92,11 @@ from scipy.special import expit, logit, ndtr, ndtri
 
 from learnpulse.engines.base import check_fitted, envelope, float_vector, open_envelope
 from learnpulse.engines.growth_laplace import UnitLaplace, conditional_map, mean_inverse, unit_laplace
+from learnpulse.engines.growth_options import FAMILIES, SAMPLERS
 from learnpulse.engines.mcmc_diagnostics import chain_diagnostics
 from learnpulse.errors import InsufficientDataError, InvalidInputError
 
 FloatArray = npt.NDArray[np.float64]
-Family = Literal["gaussian", "binomial"]
-FAMILIES: tuple[str, ...] = ("gaussian", "binomial")
-# "nuts": NUTS over every parameter; "gibbs" (binomial family): NUTS on the population within a Gibbs sweep whose
-# units take independence Metropolis-Hastings steps (learnpulse.engines.growth_gibbs).
-SAMPLERS: tuple[str, ...] = ("nuts", "gibbs")
 ENGINE = "growth"
 FORMAT_VERSION = 1
 _QUAD_POINTS = 256
