@@ -148,20 +148,21 @@ class UnitsIRMH(CustomGibbs):  # type: ignore[misc]  # NumPyro is untyped
 
 class SweepsState(NamedTuple):
     """:class:`numpyro.infer.gibbs.GibbsState` and, over the last iteration's sweeps, the divergent transitions and
-    leapfrog steps of the NUTS block (the last block)."""
+    leapfrog steps of the NUTS block (the last block), and the units block's (the first) mean acceptance rate."""
 
     z: dict[str, Any]
     block_states: tuple[Any, ...]
     rng_key: Any
     divergences: Any = None
     steps: Any = None
+    acceptance: Any = None
 
 
 class SweepsGibbs(Gibbs):  # type: ignore[misc]  # NumPyro is untyped
     """:class:`numpyro.infer.gibbs.Gibbs` whose iteration is ``sweeps`` sweeps over its blocks; the blocks' warm-up
     (their adaptation schedules) spans ``sweeps`` times the warm-up iterations, so that it covers the whole warm-up.
-    Its state adds the NUTS block's divergences and steps summed over the iteration's sweeps (a block state holds
-    only its last transition's)."""
+    Its state adds the NUTS block's divergences and steps summed over the iteration's sweeps and the units' acceptance
+    rate averaged over them (a block state holds only its last transition's)."""
 
     _state_cls = SweepsState
 
@@ -171,16 +172,19 @@ class SweepsGibbs(Gibbs):  # type: ignore[misc]  # NumPyro is untyped
 
     def init(self, rng_key: Any, num_warmup: int, init_params: Any, model_args: Any, model_kwargs: Any) -> Any:
         state = super().init(rng_key, num_warmup * self._sweeps, init_params, model_args, model_kwargs)
-        return state._replace(divergences=jnp.zeros((), jnp.int32), steps=jnp.zeros((), jnp.int32))
+        zero = jnp.zeros((), jnp.int32)
+        return state._replace(divergences=zero, steps=zero, acceptance=jnp.zeros((), jnp.result_type(float)))
 
     def sample(self, state: Any, model_args: Any, model_kwargs: Any) -> Any:
         divergences = steps = jnp.zeros((), jnp.int32)
+        acceptance = jnp.zeros((), jnp.result_type(float))
         for _ in range(self._sweeps):
             state = super().sample(state, model_args, model_kwargs)
             nuts = state.block_states[-1]
             divergences = divergences + nuts.diverging.astype(jnp.int32)
             steps = steps + nuts.num_steps.astype(jnp.int32)
-        return state._replace(divergences=divergences, steps=steps)
+            acceptance = acceptance + state.block_states[0].acceptance.astype(acceptance.dtype)
+        return state._replace(divergences=divergences, steps=steps, acceptance=acceptance / self._sweeps)
 
 
 def nuts_within_gibbs(
@@ -202,18 +206,18 @@ def nuts_within_gibbs(
 
 # What MCMC should record per iteration for gibbs_stats (scalars only: the units' block state would copy every
 # unit's draws once more).
-GIBBS_FIELDS = ("divergences", "steps", "block_states.0.acceptance")
+GIBBS_FIELDS = ("divergences", "steps", "acceptance")
 
 
 def gibbs_stats(fields: Mapping[str, Any], last_state: Any) -> dict[str, Any]:
     """What the sampler did, from ``MCMC.get_extra_fields()`` (recorded with :data:`GIBBS_FIELDS`) and
     ``MCMC.last_state``: the population NUTS's divergent transitions (every sweep of the kept iterations) and mean
-    leapfrog steps per kept iteration, each chain's population step size, the units' mean acceptance rate (the last
-    sweep of each kept iteration)."""
+    leapfrog steps per kept iteration, each chain's population step size, the units' mean acceptance rate (every
+    sweep of the kept iterations)."""
     population = last_state.block_states[1]
     return {
         "divergences": int(np.asarray(fields["divergences"]).sum()),
         "mean_leapfrog_steps": float(np.asarray(fields["steps"]).mean()),
         "step_size": [float(s) for s in np.atleast_1d(np.asarray(population.adapt_state.step_size))],
-        "units_acceptance": float(np.asarray(fields["block_states.0.acceptance"]).mean()),
+        "units_acceptance": float(np.asarray(fields["acceptance"]).mean()),
     }
