@@ -190,6 +190,22 @@ def test_the_units_grid_gives_the_flat_rows_likelihood() -> None:
     assert float(jnp.sum(per_unit.astype(jnp.float64))) == pytest.approx(expected, rel=1e-5)
 
 
+def test_a_grid_of_mostly_padding_is_refused_naming_the_unit() -> None:
+    """One unit with far more (irregular) rows than the rest would make the gibbs sampler's grid mostly padding:
+    refused before any sampling, naming the unit; the same rows without it are laid out."""
+    rng = np.random.default_rng(5)
+    units = np.concatenate([np.arange(100_000), np.full(200, 7)])
+    times = rng.uniform(0, 30, len(units)).round(2)
+    trials = rng.integers(1, 30, len(units))
+    correct = rng.binomial(trials, 0.6)
+    with pytest.raises(InvalidInputError) as err:
+        GrowthModel("binomial", sampler="gibbs").fit(units, times, correct, trials)
+    assert problem_names(err.value) == {"unit"}
+    assert "unit 7 has 201 rows" in str(err.value) and "sampler='nuts'" in str(err.value)
+    data = growth.prepare_data("binomial", units[:-200], times[:-200], correct[:-200], trials[:-200])
+    assert growth._binomial_layout(data, grid=True)["y"].shape == (1, 100_000)
+
+
 def test_gibbs_is_for_the_binomial_family() -> None:
     sim = simulate(GAUSSIAN_TRUTH, units=20, weeks=4, seed=1)
     f: pd.DataFrame = sim.frame

@@ -52,7 +52,9 @@ units, and for each unit's ``w_i`` given the population, BlackJAX's independence
 proposals (the ``w_i`` are near standard normal, so most proposals are accepted and each is a fresh draw); two sweeps
 per iteration. A sweep costs ~6 gradient passes over the rows for the population and two gradient-free ones for
 the units, against ~63 gradients per draw for joint NUTS, so it is several times faster on large data
-(bench/RESULTS.md). The units' data are then a grid even for irregular rows (:func:`_binomial_layout` with ``grid``).
+(bench/RESULTS.md). The units' data are then a grid even for irregular rows (:func:`_binomial_layout` with ``grid``):
+every unit padded to the most rows of one unit, so data where one unit has far more rows than the rest are refused
+with an error naming it (:func:`_check_grid`).
 
 **Per-unit posterior.** Predictions use, for every unit, the posterior mean ``m_i`` and covariance ``V_i`` of its
 coefficients ``c_i = (b0 + u0_i, b1 + u1_i)`` (exact first two moments) and treat ``c_i`` as bivariate normal; a unit
@@ -1129,6 +1131,28 @@ def _unit_log_density_given(w: Any, population: Any, data: Any) -> Any:
     return loglik[0] - 0.5 * units_squares(c0, c1, h)[0]
 
 
+# The gibbs sampler's padded grid may hold this many cells per row (or this many in all) before it is refused: every
+# cell is read at each sweep, so a grid mostly of padding costs time and memory for nothing.
+GRID_CELLS_PER_ROW = 4
+GRID_FREE_CELLS = 10_000_000
+
+
+def _check_grid(data: GrowthData) -> None:
+    """Refuse a padded grid (most rows of a unit x units) that would be mostly padding: one unit with far more rows
+    than the others; names the unit."""
+    busiest = int(np.argmax(data.n_obs))
+    cells = int(data.n_obs[busiest]) * len(data.units)
+    if cells > max(GRID_CELLS_PER_ROW * len(data.code), GRID_FREE_CELLS):
+        raise _invalid(
+            f"the gibbs sampler gives every unit as many rows as the unit with the most: unit "
+            f"{_python_label(data.units[busiest])!r} has {data.n_obs[busiest]:,} rows (median "
+            f"{float(np.median(data.n_obs)):g}), a grid of {cells:,} cells for {len(data.code):,} rows; aggregate "
+            "its rows (e.g. one per week) or use sampler='nuts'",
+            "unit",
+            "too_many_rows_for_gibbs",
+        )
+
+
 def _binomial_layout(data: GrowthData, *, grid: bool = False) -> dict[str, npt.NDArray[Any]]:
     """The rows for :func:`_binomial_model`, in as few bytes as they allow (the sampler reads them at every step).
 
@@ -1153,6 +1177,7 @@ def _binomial_layout(data: GrowthData, *, grid: bool = False) -> dict[str, npt.N
         )
         out = {"time": times.astype(np.float32)}
     elif grid:
+        _check_grid(data)
         order = np.argsort(data.code, kind="stable")
         code = data.code[order]
         slot = np.arange(len(code)) - np.searchsorted(code, code)  # the row's place among its unit's rows
