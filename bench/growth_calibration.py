@@ -107,11 +107,16 @@ def fit(s: School, family: str, weekly: pd.DataFrame) -> tuple[GrowthModel, dict
 def below_line(model: GrowthModel, weekly: pd.DataFrame, data: dict[str, Any], z: float) -> np.ndarray[Any, Any]:
     """Student-weeks whose binomial Pearson residual against the student's fitted line (posterior mean
     coefficients) is below ``z``."""
-    ids = weekly["user_id"].to_numpy()
-    units, index = np.unique(ids, return_inverse=True)
+    units, index = np.unique(weekly["user_id"].to_numpy(), return_inverse=True)
     mean, _, _ = model.unit_moments(units)
     eta = mean[index, 0] + mean[index, 1] * data["time"]
     p = 1.0 / (1.0 + np.exp(-eta)) if model.family == "binomial" else np.clip(eta, 0.01, 0.99)
+    return below(weekly, p, z)
+
+
+def below(weekly: pd.DataFrame, p: np.ndarray[Any, Any], z: float) -> np.ndarray[Any, Any]:
+    """Rows whose binomial Pearson residual ``(correct - n p) / sqrt(n p (1 - p))`` against the fitted accuracy
+    ``p`` (one per row) is below ``z``."""
     n = weekly["attempts"].to_numpy(dtype=np.float64)
     residual = (weekly["correct"].to_numpy(dtype=np.float64) - n * p) / np.sqrt(n * p * (1.0 - p))
     return np.asarray(residual < z)
