@@ -133,7 +133,8 @@ def test_the_sweeps_keep_a_known_joint_target_and_count_every_transition() -> No
     """``nuts_within_gibbs`` on ``x ~ N(0, 1)``, ``w ~ N(x, I_2)``: NUTS on ``x`` given ``w``, the units' step on ``w``
     given ``x``. The marginals are N(0, 1) and N(0, 2 I); 10,000 draws of two sweeps (~4,000 effective for ``x``) give
     the variances within ~0.03 / 0.05. An iteration is two sweeps: the NUTS block makes two transitions per
-    iteration, and the divergences / steps recorded are summed over both (the block's own fields hold the last)."""
+    iteration, and the divergences / steps recorded are summed over both and the units' acceptance averaged (the
+    blocks' own fields hold the last)."""
     import jax
     import jax.numpy as jnp
     import numpyro
@@ -155,7 +156,7 @@ def test_the_sweeps_keep_a_known_joint_target_and_count_every_transition() -> No
     mcmc.run(
         jax.random.PRNGKey(1),
         init_params={"x": jnp.asarray(0.0), "w": jnp.zeros((1, 2))},
-        extra_fields=(*GIBBS_FIELDS, "block_states.1.num_steps"),
+        extra_fields=(*GIBBS_FIELDS, "block_states.1.num_steps", "block_states.0.acceptance"),
     )
     draws = {k: np.asarray(v, dtype=np.float64) for k, v in mcmc.get_samples().items()}
     print(f"x mean {draws['x'].mean():.3f} var {draws['x'].var():.3f}; w var {draws['w'].var(axis=0).ravel()}")
@@ -166,6 +167,11 @@ def test_the_sweeps_keep_a_known_joint_target_and_count_every_transition() -> No
     steps, last = np.asarray(fields["steps"]), np.asarray(fields["block_states.1.num_steps"])
     assert (steps >= last + 1).all() and steps.mean() == pytest.approx(2 * last.mean(), rel=0.1)
     assert int(mcmc.last_state.block_states[1].i) == 2 * (500 + 10_000)  # the NUTS block's transitions
+    # one unit, one proposal per sweep: the acceptance recorded is the mean over the two sweeps, 0, 0.5 or 1, and its
+    # mean is the last sweep's mean (either sweep is accepted equally often)
+    acceptance, last_sweep = np.asarray(fields["acceptance"]), np.asarray(fields["block_states.0.acceptance"])
+    assert set(np.unique(acceptance)) <= {0.0, 0.5, 1.0} and (acceptance == 0.5).mean() > 0.05
+    assert acceptance.mean() == pytest.approx(last_sweep.mean(), abs=0.03)
 
 
 def test_the_units_grid_gives_the_flat_rows_likelihood() -> None:
@@ -204,6 +210,21 @@ def test_a_grid_of_mostly_padding_is_refused_naming_the_unit() -> None:
     assert "unit 7 has 201 rows" in str(err.value) and "sampler='nuts'" in str(err.value)
     data = growth.prepare_data("binomial", units[:-200], times[:-200], correct[:-200], trials[:-200])
     assert growth._binomial_layout(data, grid=True)["y"].shape == (1, 100_000)
+
+
+def test_sparse_weekly_data_is_laid_out_not_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long window where most units are active in a few weeks and some in all of them takes the padded grid
+    (units x weeks is more than twice the rows) and is laid out, however large: no unit is an outlier."""
+    monkeypatch.setattr(growth, "GRID_FREE_CELLS", 100)  # what matters here is the outlier test, not the size
+    rng = np.random.default_rng(6)
+    active = [np.sort(rng.choice(52, size=k, replace=False)) for k in rng.integers(1, 16, 2_000)]
+    active[0] = np.arange(52)  # one student active every week
+    units = np.repeat(np.arange(len(active)), [len(a) for a in active])
+    weeks = np.concatenate(active).astype(np.float64)
+    trials = rng.integers(1, 30, len(units))
+    data = growth.prepare_data("binomial", units, weeks, rng.binomial(trials, 0.6), trials)
+    assert 52 * len(active) > 2 * len(units)  # not the shared grid
+    assert growth._binomial_layout(data, grid=True)["y"].shape == (52, len(active))
 
 
 def test_gibbs_is_for_the_binomial_family() -> None:

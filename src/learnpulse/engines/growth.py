@@ -53,8 +53,8 @@ proposals (the ``w_i`` are near standard normal, so most proposals are accepted 
 per iteration. A sweep costs ~6 gradient passes over the rows for the population and two gradient-free ones for
 the units, against ~63 gradients per draw for joint NUTS, so it is several times faster on large data
 (bench/RESULTS.md). The units' data are then a grid even for irregular rows (:func:`_binomial_layout` with ``grid``):
-every unit padded to the most rows of one unit, so data where one unit has far more rows than the rest are refused
-with an error naming it (:func:`_check_grid`).
+every unit padded to the most rows of one unit, so data where one unit has far more rows than nearly all others are
+refused with an error naming it (:func:`_check_grid`).
 
 **Per-unit posterior.** Predictions use, for every unit, the posterior mean ``m_i`` and covariance ``V_i`` of its
 coefficients ``c_i = (b0 + u0_i, b1 + u1_i)`` (exact first two moments) and treat ``c_i`` as bivariate normal; a unit
@@ -1131,23 +1131,26 @@ def _unit_log_density_given(w: Any, population: Any, data: Any) -> Any:
     return loglik[0] - 0.5 * units_squares(c0, c1, h)[0]
 
 
-# The gibbs sampler's padded grid may hold this many cells per row (or this many in all) before it is refused: every
-# cell is read at each sweep, so a grid mostly of padding costs time and memory for nothing.
-GRID_CELLS_PER_ROW = 4
+# The gibbs sampler's padded grid (most rows of a unit x units) is refused when one unit is an outlier, with more than
+# GRID_OUTLIER_FACTOR times the rows of 99% of the units, and the grid exceeds GRID_FREE_CELLS: every cell is read at
+# each sweep, so a grid mostly of one unit's padding costs time and memory for nothing. Sparse weekly data (units
+# active in a few of the window's weeks, some in all) is not an outlier case and is laid out as before.
+GRID_OUTLIER_FACTOR = 4
 GRID_FREE_CELLS = 10_000_000
 
 
 def _check_grid(data: GrowthData) -> None:
-    """Refuse a padded grid (most rows of a unit x units) that would be mostly padding: one unit with far more rows
-    than the others; names the unit."""
+    """Refuse a padded grid made mostly of one outlying unit's padding; names the unit."""
     busiest = int(np.argmax(data.n_obs))
-    cells = int(data.n_obs[busiest]) * len(data.units)
-    if cells > max(GRID_CELLS_PER_ROW * len(data.code), GRID_FREE_CELLS):
+    most = int(data.n_obs[busiest])
+    typical = float(np.quantile(data.n_obs, 0.99))
+    cells = most * len(data.units)
+    if most > GRID_OUTLIER_FACTOR * max(typical, 1.0) and cells > GRID_FREE_CELLS:
         raise _invalid(
             f"the gibbs sampler gives every unit as many rows as the unit with the most: unit "
-            f"{_python_label(data.units[busiest])!r} has {data.n_obs[busiest]:,} rows (median "
-            f"{float(np.median(data.n_obs)):g}), a grid of {cells:,} cells for {len(data.code):,} rows; aggregate "
-            "its rows (e.g. one per week) or use sampler='nuts'",
+            f"{_python_label(data.units[busiest])!r} has {most:,} rows where 99% of the units have at most "
+            f"{typical:g}, a grid of {cells:,} cells for {len(data.code):,} rows; aggregate its rows, leave it out "
+            "or use sampler='nuts'",
             "unit",
             "too_many_rows_for_gibbs",
         )
