@@ -90,7 +90,7 @@ def test_client_fits_the_binomial_family_with_the_gibbs_sampler(api: TestClient)
         iter=400,
         sampler="gibbs",
     )
-    assert out.family == "binomial" and out.diagnostics["sampler"] == "gibbs"
+    assert out.family == "binomial" and out.sampler == out.diagnostics["sampler"] == "gibbs"
     assert 0.5 <= out.diagnostics["units_acceptance"] < 1 and out.diagnostics["divergences"] == 0
     rows = {row.parameter: row for row in out.parameters}
     assert rows["time"].q2_5 <= 0.04 <= rows["time"].q97_5  # accuracy ~0.5 + 0.01 t: a logit slope of ~0.04
@@ -131,7 +131,8 @@ def test_stored_model_routes_and_client(engine: Engine, api: TestClient) -> None
     units = read_table(engine, "growth_unit").set_index("user_id")
 
     info = client.growth_model()
-    assert info.family == "gaussian" and info.latest_run_status == "succeeded" and info.n_units > 100
+    assert info.family == "gaussian" and info.sampler == "nuts" and info.latest_run_status == "succeeded"
+    assert info.n_units > 100
     assert info.fixed_effects is not None and set(info.fixed_effects) == {"Intercept", "time"}
 
     ids = [int(u) for u in units.index[:5]] + [10_000_000]

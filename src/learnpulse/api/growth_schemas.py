@@ -69,6 +69,7 @@ class ParameterRow(BaseModel):
 class GrowthFitResponse(BaseModel):
     formula: str
     family: str
+    sampler: str
     parameters: list[ParameterRow]
     diagnostics: dict[str, Any]
     model: dict[str, Any] = Field(description="GrowthModel.to_json(): what predict needs, units included")
@@ -120,6 +121,7 @@ class GrowthModelInfo(BaseModel):
     as_of: date
     formula: str
     family: str
+    sampler: str = Field(description="BRMS_SAMPLER of the fit: nuts, or gibbs (binomial family)")
     iter: int
     chains: int
     lookback_weeks: int

@@ -164,6 +164,7 @@ def meta_row(
         "reason": reason,
         "formula": f"{_RESPONSE[s.brms_family]} ~ time + (time | user)",
         "family": s.brms_family,
+        "sampler": s.brms_sampler,
         "iter": model.iter if model is not None else s.brms_iter,
         "chains": s.brms_chains,
         "lookback_weeks": s.lookback_weeks,

@@ -189,6 +189,7 @@ growth_brms_meta = Table(
     Column("reason", Text, nullable=True),  # why a failed run failed
     Column("formula", Text, nullable=False),
     Column("family", String(16), nullable=False),  # BRMS_FAMILY
+    Column("sampler", String(16), nullable=False, server_default="nuts"),  # BRMS_SAMPLER
     Column("iter", Integer, nullable=False),  # BRMS_ITER (per chain, warm-up included)
     Column("chains", Integer, nullable=False),  # BRMS_CHAINS
     Column("lookback_weeks", Integer, nullable=False),  # LOOKBACK_WEEKS

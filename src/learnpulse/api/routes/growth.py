@@ -53,6 +53,7 @@ def fit(request: Annotated[GrowthFitRequest, Body()]) -> GrowthFitResponse:
     return GrowthFitResponse(
         formula=model.formula,
         family=model.family,
+        sampler=model.sampler,
         parameters=[
             ParameterRow.model_validate({"parameter": str(name), **row}) for name, row in table.to_dict("index").items()
         ],
