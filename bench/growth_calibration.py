@@ -10,8 +10,8 @@ brms formula ``y ~ time + (time | user)`` fitted
 
 - **pooled**: over all students, as the job does (one normal population of intercepts and slopes);
 - **per segment**: separately within each segment of the cluster-segments job (the platform's estimate of the
-  learner type; with the binomial family, exactly brms's ``y ~ 0 + segment + segment:time + (time | gr(user,
-  by = segment))``);
+  learner type; with the binomial family, brms's ``y ~ 0 + segment + segment:time + (time | gr(user, by =
+  segment))`` but for the priors on the segments' coefficients: the engine's own per fit, not brms's flat ones);
 - **per true type**: separately within each **true** learner type: the best case of the above;
 
 each also **screened**: fitted once, the student-weeks whose accuracy lies far below the student's own fitted line
@@ -83,7 +83,7 @@ def school(students: int, seed: int | None) -> School:
         goals = store.load_goals(conn)
         run = segment_store.latest_run(conn)
         assert run is not None
-        segments = segment_store.student_segments(conn, run["run_id"], weekly["user_id"].unique())
+        segments = segment_store.student_segments(conn, run["run_id"], weekly["user_id"].unique().tolist())
     engine.dispose()
     # students the clustering left out (too little activity) form a segment of their own
     weekly["segment"] = weekly["user_id"].map({u: r["segment_id"] for u, r in segments.items()}).fillna(-1).astype(int)
