@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 from sklearn.metrics import adjusted_rand_score
 
 from common import fresh_database, school_database
@@ -110,7 +111,7 @@ def below_line(model: GrowthModel, weekly: pd.DataFrame, data: dict[str, Any], z
     units, index = np.unique(weekly["user_id"].to_numpy(), return_inverse=True)
     mean, _, _ = model.unit_moments(units)
     eta = mean[index, 0] + mean[index, 1] * data["time"]
-    p = 1.0 / (1.0 + np.exp(-eta)) if model.family == "binomial" else np.clip(eta, 0.01, 0.99)
+    p = expit(eta) if model.family == "binomial" else np.clip(eta, 0.01, 0.99)
     return below(weekly, p, z)
 
 

@@ -41,8 +41,8 @@ from scipy.special import expit, logit
 from scipy.stats import norm
 
 import growth_calibration as calibration
+from learnpulse.engines.growth_laplace import unit_modes
 from learnpulse.jobs import fit_bayesian_growth as job
-from learnpulse.store import growth as store
 
 Array = np.ndarray[Any, Any]
 DRAWS = 400
@@ -50,57 +50,29 @@ EM_ITERATIONS = 60
 
 
 class Grid:
-    """The window's weekly counts as (students, weeks) matrices (zero where a student has no row)."""
+    """The window's rows as the job gives them to the engine (``fit_bayesian_growth.weekly_data``), with each row's
+    student index ``code`` into ``users``."""
 
-    def __init__(self, weekly: pd.DataFrame, first: date, weeks: int = 12) -> None:
-        self.users, index = np.unique(weekly["user_id"].to_numpy(), return_inverse=True)
-        self.row_user = index
-        self.row_time = (weekly["week"].to_numpy() - store.day_number(first)) / 7.0
-        slot = np.rint(self.row_time).astype(int)
-        self.time = np.arange(weeks, dtype=np.float64)
-        self.y = np.zeros((len(self.users), weeks))
-        self.n = np.zeros((len(self.users), weeks))
-        self.y[index, slot] = weekly["correct"].to_numpy(dtype=np.float64)
-        self.n[index, slot] = weekly["attempts"].to_numpy(dtype=np.float64)
+    def __init__(self, weekly: pd.DataFrame, first: date) -> None:
+        data = job.weekly_data(weekly, first, "binomial")
+        self.users, self.code = np.unique(data["unit"], return_inverse=True)
+        self.time, self.y, self.trials = data["time"], data["y"], data["trials"]
 
 
-def laplace(grid: Grid, mu: Array, cov: Array, iterations: int = 30) -> tuple[Array, Array, Array]:
-    """Per student, the Laplace approximation of the posterior of c under the prior N(mu, cov): mode (n, 2),
-    covariance (n, 2, 2) and log marginal likelihood (n,) (up to the binomial coefficients, the same for every
-    component)."""
-    t, y, n = grid.time, grid.y, grid.n
-    precision = np.linalg.inv(cov)
-
-    def curvature(c: Array) -> tuple[Array, Array, Array]:
-        """Fitted accuracies, gradient and negative Hessian of the log posterior at ``c``."""
-        p = expit(c[:, :1] + c[:, 1:] * t)
-        r = y - n * p
-        gradient = np.stack([r.sum(1), (r * t).sum(1)], 1) - (c - mu) @ precision
-        w = n * p * (1 - p)
-        hessian = np.empty((len(y), 2, 2))
-        hessian[:, 0, 0] = w.sum(1)
-        hessian[:, 0, 1] = hessian[:, 1, 0] = (w * t).sum(1)
-        hessian[:, 1, 1] = (w * t * t).sum(1)
-        return p, gradient, hessian + precision
-
-    c = np.tile(mu, (len(y), 1))
-    for _ in range(iterations):
-        _, gradient, hessian = curvature(c)
-        # the log posterior is concave; a capped Newton step keeps a student with all answers right from overshooting
-        step = np.clip(np.linalg.solve(hessian, gradient[..., None])[..., 0], -2.0, 2.0)
-        c = c + step
-        if np.abs(step).max() < 1e-9:
-            break
-    p, gradient, hessian = curvature(c)
-    unconverged = int((np.abs(gradient).max(1) > 1e-4).sum())
-    if unconverged:
-        print(f"  warning: Laplace mode not reached for {unconverged} students")
-    p = np.clip(p, 1e-12, 1 - 1e-12)
-    loglik = (y * np.log(p) + (n - y) * np.log1p(-p)).sum(1)
-    d = c - mu
-    log_prior = -0.5 * np.einsum("ni,ij,nj->n", d, precision, d) - 0.5 * np.linalg.slogdet(2 * np.pi * cov)[1]
-    log_ml = loglik + log_prior + np.log(2 * np.pi) - 0.5 * np.linalg.slogdet(hessian)[1]
-    return c, np.linalg.inv(hessian), log_ml
+def laplace(grid: Grid, mu: Array, cov: Array) -> tuple[Array, Array, Array]:
+    """Per student, the Laplace approximation of the posterior of c under the prior N(mu, cov) (modes and curvatures
+    from ``growth_laplace.unit_modes``, the engine's own): mode (n, 2), covariance (n, 2, 2) and log marginal
+    likelihood (n,) (up to the binomial coefficients, the same for every component)."""
+    n_units = len(grid.users)
+    mode, info = unit_modes(grid.code, grid.time, grid.y, grid.trials, n_units, mu, cov)
+    assert np.isfinite(mode).all(), "a Laplace mode is not finite"
+    hessian = np.stack([info[:, [0, 1]], info[:, [1, 2]]], axis=1)  # (n, 2, 2) negative Hessian
+    p = np.clip(expit(mode[grid.code, 0] + mode[grid.code, 1] * grid.time), 1e-12, 1 - 1e-12)
+    loglik = np.bincount(grid.code, grid.y * np.log(p) + (grid.trials - grid.y) * np.log1p(-p), n_units)
+    d = mode - mu
+    log_prior = -0.5 * np.einsum("ni,ij,nj->n", d, np.linalg.inv(cov), d) - 0.5 * np.linalg.slogdet(2 * np.pi * cov)[1]
+    log_ml = loglik + log_prior + np.log(2 * np.pi) - 0.5 * np.log(info[:, 0] * info[:, 2] - info[:, 1] ** 2)
+    return mode, np.linalg.inv(hessian), log_ml
 
 
 def em(
@@ -182,7 +154,7 @@ def fit_variant(
     rows = goal_rows(s, grid, m, v, r)
     plain = calibration.Answers(rows, time.perf_counter() - started, np.zeros(len(s.weekly), dtype=bool))
     best = m[r.argmax(1), np.arange(len(grid.users))]
-    low = calibration.below(s.weekly, expit(best[grid.row_user, 0] + best[grid.row_user, 1] * grid.row_time), screen_z)
+    low = calibration.below(s.weekly, expit(best[grid.code, 0] + best[grid.code, 1] * grid.time), screen_z)
     grid, m, v, r, _ = fit_once(s, s.weekly[~low], variant, floor=floor)
     screened = calibration.Answers(goal_rows(s, grid, m, v, r), time.perf_counter() - started, low)
     return plain, screened, k

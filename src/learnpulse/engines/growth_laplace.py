@@ -88,11 +88,11 @@ def mean_inverse(info: FloatArray) -> FloatArray:
     return np.array([[i00.mean(), i01.mean()], [i01.mean(), i11.mean()]])
 
 
-def _newton(  # noqa: PLR0917 - the data's columns, as unit_laplace receives them
+def unit_modes(  # noqa: PLR0917 - the data's columns, as unit_laplace receives them
     code: IntArray, time: FloatArray, y: FloatArray, trials: FloatArray, n_units: int, b: FloatArray, cov: FloatArray
 ) -> tuple[FloatArray, FloatArray]:
     """Modes (units, 2) and negative Hessians (units, 3: entries 00, 01, 11) of every unit's log posterior under the
-    prior ``N(b, cov)``."""
+    prior ``N(b, cov)`` (capped Newton steps from ``b``)."""
     prior = np.array(_inverse_2x2(cov[0, 0], cov[0, 1], cov[1, 1]))
     x = (np.ones_like(time), time, time * time)  # the row weights of the 00, 01 and 11 entries
 
@@ -139,9 +139,9 @@ def unit_laplace(  # noqa: PLR0917 - one argument per data column, as the engine
     # A lower bound for S: 1% of the weak prior's SDs, so near-zero variance estimates cannot collapse the whitening.
     floor = weak * 1e-4
     b = np.array([intercept, 0.0])
-    mode, hess = _newton(code, time, y, trials, n_units, b, weak)
+    mode, hess = unit_modes(code, time, y, trials, n_units, b, weak)
     b, cov = _population(mode, hess, floor)
-    mode, hess = _newton(code, time, y, trials, n_units, b, cov)
+    mode, hess = unit_modes(code, time, y, trials, n_units, b, cov)
     p00, p01, p11 = _inverse_2x2(cov[0, 0], cov[0, 1], cov[1, 1])
     q = hess - np.array([p00, p01, p11])  # the likelihood's part of the negative Hessian
     d0, d1 = mode[:, 0] - b[0], mode[:, 1] - b[1]
